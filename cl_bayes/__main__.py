@@ -1,0 +1,30 @@
+"""Command line: ``python -m cl_bayes task=split_mnist method=finetune scenario=task``."""
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from cl_bayes.config import register_task_sequences
+from cl_bayes.errors import UserError
+from cl_bayes.run import run
+
+log = logging.getLogger("cl_bayes")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        record = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except UserError as error:
+        log.error(f"error: {error}")
+        sys.exit(2)
+    return record["summary"].get("acc")
+
+
+if __name__ == "__main__":
+    register_task_sequences()
+    main()

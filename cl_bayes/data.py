@@ -1,0 +1,334 @@
+"""Task sequences as tensors in memory, built once from a torchvision data set.
+
+Every task keeps its images as float tensors of shape ``(n, channels, height, width)``
+with pixels in [0, 1], on the training device, and its labels as within-task labels
+``0 .. n_classes - 1``. The scenario (``cl_bayes.scenario``) maps those labels to the
+outputs a model is trained on. torchvision appears only in :func:`load_torchvision`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torchvision
+from torch import Tensor
+from torchvision.transforms.v2 import functional as tv_functional
+
+from cl_bayes.errors import ConfigError, DataNotFoundError
+
+DATASETS = ("MNIST", "FashionMNIST", "KMNIST", "CIFAR10", "CIFAR100")
+DATA_ENV_VAR = "CL_BAYES_DATA"
+
+
+@dataclass
+class Task:
+    """One task: training, validation and test tensors with within-task labels.
+
+    ``x_*`` have shape ``(n, channels, height, width)``, ``y_*`` shape ``(n,)`` (long).
+    """
+
+    name: str
+    x_train: Tensor
+    y_train: Tensor
+    x_val: Tensor
+    y_val: Tensor
+    x_test: Tensor
+    y_test: Tensor
+    n_classes: int
+
+
+@dataclass
+class TaskSequence:
+    """An ordered list of tasks and the scenario it is usually evaluated in."""
+
+    name: str
+    tasks: list[Task]
+    default_scenario: str
+
+    @property
+    def n_tasks(self) -> int:
+        return len(self.tasks)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.tasks[0].x_train.shape[1:])
+
+
+def expected_files(dataset: str, root: Path) -> list[Path]:
+    """Files torchvision looks for when loading ``dataset`` from ``root``."""
+    cls = getattr(torchvision.datasets, dataset)
+    if hasattr(cls, "resources"):  # MNIST family: <root>/<Class>/raw/<file without .gz>
+        raw = root / cls.__name__ / "raw"
+        return [raw / os.path.splitext(os.path.basename(url))[0] for url, _ in cls.resources]
+    folder = root / cls.base_folder  # CIFAR family
+    return [folder / name for name, _ in cls.train_list + cls.test_list]
+
+
+def load_torchvision(
+    dataset: str, root: str | Path, download: bool, device: torch.device
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """Load a torchvision data set's train and test splits into memory.
+
+    Returns ``{"train": (x, y), "test": (x, y)}`` with ``x`` float of shape
+    ``(n, channels, height, width)`` scaled to [0, 1] and ``y`` long of shape ``(n,)``.
+    """
+    if dataset not in DATASETS:
+        raise ConfigError(
+            f"Unknown dataset {dataset!r}. Supported torchvision data sets: {', '.join(DATASETS)}."
+        )
+    root = Path(root).expanduser().resolve()
+    cls = getattr(torchvision.datasets, dataset)
+    splits = {}
+    for split in ("train", "test"):
+        try:
+            data = cls(str(root), train=split == "train", download=False)
+        except RuntimeError:
+            data = _download(cls, dataset, root, split == "train", download)
+        x = torch.as_tensor(np.asarray(data.data))
+        x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+        y = torch.as_tensor(np.asarray(data.targets), dtype=torch.long)
+        splits[split] = (x.to(device, torch.float32).div_(255.0).contiguous(), y.to(device))
+    return splits
+
+
+def _download(cls, dataset: str, root: Path, train: bool, download: bool):
+    files = "\n  ".join(str(p) for p in expected_files(dataset, root))
+    fix = (
+        f"Fix: point the data root at a folder holding these files, with `data.root=/path` "
+        f"or the environment variable {DATA_ENV_VAR}=/path, or run where the download can "
+        f"reach the internet with data.download=true."
+    )
+    if not download:
+        raise DataNotFoundError(
+            f"{dataset} not found under {root} and downloading is off (data.download=false).\n"
+            f"Expected files:\n  {files}\n{fix}"
+        )
+    try:
+        return cls(str(root), train=train, download=True)
+    except Exception as error:  # noqa: BLE001 - any download failure gets the same clear message
+        raise DataNotFoundError(
+            f"{dataset} not found under {root} and the download failed "
+            f"({type(error).__name__}: {error}).\nExpected files:\n  {files}\n{fix}"
+        ) from None
+
+
+def _carve(
+    n: int, train_size: int | None, val_fraction: float, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """Split ``range(n)`` into (train, validation) indices, each kept in data-set order.
+
+    ``train_size`` caps the training indices (a random subset); ``val_fraction`` of the
+    ``n`` examples are held out for validation first.
+    """
+    if train_size is None and val_fraction == 0:
+        return torch.arange(n), torch.arange(0)
+    order = torch.randperm(n, generator=generator)
+    n_val = int(round(val_fraction * n))
+    val, train = order[:n_val], order[n_val:]
+    if train_size is not None:
+        train = train[:train_size]
+    return train.sort().values, val.sort().values
+
+
+def _make_task(
+    name: str,
+    train: tuple[Tensor, Tensor],
+    test: tuple[Tensor, Tensor],
+    n_classes: int,
+    train_size: int | None,
+    val_fraction: float,
+    generator: torch.Generator,
+) -> Task:
+    (x, y), (x_test, y_test) = train, test
+    train_idx, val_idx = _carve(len(y), train_size, val_fraction, generator)
+    train_idx, val_idx = train_idx.to(x.device), val_idx.to(x.device)
+    return Task(
+        name=name,
+        x_train=x[train_idx],
+        y_train=y[train_idx],
+        x_val=x[val_idx],
+        y_val=y[val_idx],
+        x_test=x_test,
+        y_test=y_test,
+        n_classes=n_classes,
+    )
+
+
+def _check_common(n_tasks: int | None, train_size: int | None, val_fraction: float) -> None:
+    if n_tasks is not None and n_tasks < 1:
+        raise ConfigError(f"task.n_tasks must be at least 1, got {n_tasks}.")
+    if train_size is not None and train_size < 1:
+        raise ConfigError(f"task.train_size must be positive or null (all), got {train_size}.")
+    if not 0 <= val_fraction < 1:
+        raise ConfigError(f"task.val_fraction must be in [0, 1), got {val_fraction}.")
+
+
+def split_sequence(
+    name: str,
+    dataset: str,
+    classes_per_task: int = 2,
+    n_tasks: int | None = None,
+    class_order: Sequence[int] | None = None,
+    train_size: int | None = None,
+    val_fraction: float = 0.0,
+    default_scenario: str = "task",
+    *,
+    root: str | Path,
+    download: bool,
+    device: torch.device,
+    seed: int,
+) -> TaskSequence:
+    """Split a data set's classes into tasks of ``classes_per_task`` classes each.
+
+    Task ``t`` holds classes ``class_order[t * k : (t + 1) * k]`` (``k = classes_per_task``;
+    default order 0, 1, 2, ...); the first of them gets within-task label 0, and so on.
+    ``n_tasks`` defaults to as many tasks as the classes fill; ``train_size`` caps each
+    task's training set (a random subset, drawn with ``seed``).
+    """
+    _check_common(n_tasks, train_size, val_fraction)
+    if classes_per_task < 1:
+        raise ConfigError(f"task.classes_per_task must be at least 1, got {classes_per_task}.")
+    splits = load_torchvision(dataset, root, download, device)
+    (x, y), (x_test, y_test) = splits["train"], splits["test"]
+    n_total = int(y.max()) + 1
+    order = list(class_order) if class_order is not None else list(range(n_total))
+    if sorted(set(order)) != sorted(order) or not set(order) <= set(range(n_total)):
+        raise ConfigError(
+            f"task.class_order must list distinct classes of {dataset} (0..{n_total - 1})."
+        )
+    n_tasks = n_tasks if n_tasks is not None else len(order) // classes_per_task
+    if n_tasks * classes_per_task > len(order) or n_tasks < 1:
+        raise ConfigError(
+            f"{dataset} has {len(order)} classes: not enough for {n_tasks} tasks of "
+            f"{classes_per_task} classes. Lower task.n_tasks or task.classes_per_task."
+        )
+    generator = torch.Generator().manual_seed(seed)
+    tasks = []
+    for t in range(n_tasks):
+        classes = torch.tensor(order[t * classes_per_task : (t + 1) * classes_per_task])
+        relabel = torch.full((n_total,), -1, dtype=torch.long)
+        relabel[classes] = torch.arange(len(classes))
+        relabel = relabel.to(y.device)
+        keep, keep_test = relabel[y] >= 0, relabel[y_test] >= 0
+        tasks.append(
+            _make_task(
+                "/".join(str(c) for c in classes.tolist()),
+                (x[keep], relabel[y[keep]]),
+                (x_test[keep_test], relabel[y_test[keep_test]]),
+                classes_per_task,
+                train_size,
+                val_fraction,
+                generator,
+            )
+        )
+    return TaskSequence(name, tasks, default_scenario)
+
+
+def task_permutation(task_index: int, n_pixels: int) -> Tensor:
+    """The fixed pixel permutation of permuted task ``task_index``.
+
+    Derived from the task index alone (``np.random.seed(task_index)``, as the official VCL
+    code does), so every run and every seed sees the same tasks.
+    """
+    return torch.as_tensor(np.random.RandomState(task_index).permutation(n_pixels))
+
+
+def permuted_sequence(
+    name: str,
+    dataset: str = "MNIST",
+    n_tasks: int = 10,
+    first_unpermuted: bool = False,
+    train_size: int | None = None,
+    val_fraction: float = 0.0,
+    default_scenario: str = "domain",
+    *,
+    root: str | Path,
+    download: bool,
+    device: torch.device,
+    seed: int,
+) -> TaskSequence:
+    """Tasks that share all classes, each seeing the pixels in its own fixed permutation.
+
+    With ``first_unpermuted`` the first task keeps the original images (as in the
+    "improved VCL" protocol); otherwise every task is permuted, the first too.
+    """
+    _check_common(n_tasks, train_size, val_fraction)
+    splits = load_torchvision(dataset, root, download, device)
+    (x, y), (x_test, y_test) = splits["train"], splits["test"]
+    n_classes = int(y.max()) + 1
+    n_pixels = x.shape[2] * x.shape[3]
+    generator = torch.Generator().manual_seed(seed)
+    tasks = []
+    for t in range(n_tasks):
+        if first_unpermuted and t == 0:
+            perm = torch.arange(n_pixels)
+        else:
+            perm = task_permutation(t, n_pixels)
+        perm = perm.to(x.device)
+        tasks.append(
+            _make_task(
+                f"permutation {t}" if not (first_unpermuted and t == 0) else "original",
+                (_permute_pixels(x, perm), y),
+                (_permute_pixels(x_test, perm), y_test),
+                n_classes,
+                train_size,
+                val_fraction,
+                generator,
+            )
+        )
+    return TaskSequence(name, tasks, default_scenario)
+
+
+def _permute_pixels(x: Tensor, perm: Tensor) -> Tensor:
+    """Permute the ``height * width`` pixel positions of ``x`` (the same for every channel)."""
+    return x.flatten(2)[:, :, perm].reshape(x.shape)
+
+
+def rotated_sequence(
+    name: str,
+    dataset: str = "MNIST",
+    angles: Sequence[float] = (0, 45, 90, 135, 180),
+    n_tasks: int | None = None,
+    train_size: int | None = None,
+    val_fraction: float = 0.0,
+    default_scenario: str = "domain",
+    *,
+    root: str | Path,
+    download: bool,
+    device: torch.device,
+    seed: int,
+) -> TaskSequence:
+    """Tasks that share all classes, each seeing the images rotated by a fixed angle (degrees).
+
+    ``n_tasks`` keeps the first ``n_tasks`` angles (default: all of them).
+    """
+    _check_common(n_tasks, train_size, val_fraction)
+    angles = list(angles)
+    n_tasks = len(angles) if n_tasks is None else n_tasks
+    if not angles or n_tasks > len(angles):
+        raise ConfigError(
+            f"task.n_tasks={n_tasks} needs at least that many task.angles, got {angles}."
+        )
+    splits = load_torchvision(dataset, root, download, device)
+    (x, y), (x_test, y_test) = splits["train"], splits["test"]
+    n_classes = int(y.max()) + 1
+    generator = torch.Generator().manual_seed(seed)
+    tasks = []
+    for angle in angles[:n_tasks]:
+        tasks.append(
+            _make_task(
+                f"rotation {angle:g}",
+                (tv_functional.rotate(x, float(angle)), y),
+                (tv_functional.rotate(x_test, float(angle)), y_test),
+                n_classes,
+                train_size,
+                val_fraction,
+                generator,
+            )
+        )
+    return TaskSequence(name, tasks, default_scenario)

@@ -1,0 +1,27 @@
+"""Joint training: the upper bound that trains on all data of the tasks seen so far.
+
+At task ``t`` the network is **re-initialised and retrained from scratch** on the union of
+the training sets of tasks ``0 .. t`` (each example answered by its own task's head), so
+row ``t`` of its accuracy matrix is the joint model of tasks ``0 .. t``: the reference
+``a*_t`` of the intransigence measure (Chaudhry et al. 2018). It keeps the earlier tasks'
+training data, which is what makes it an upper bound rather than a continual method.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import nn
+
+from cl_bayes.methods.base import LabelledData, Method
+from cl_bayes.models.mlp import reset_parameters
+
+
+class Joint(Method):
+    """Retrain from scratch on tasks ``0 .. t`` after each new task ``t``."""
+
+    def training_data(self, task_id: int, train_sets: Sequence[LabelledData]) -> LabelledData:
+        return LabelledData.concat(train_sets[: task_id + 1])
+
+    def before_task(self, model: nn.Module, task_id: int, data: LabelledData) -> None:
+        reset_parameters(model)

@@ -1,0 +1,67 @@
+"""A multilayer perceptron with one or more output heads."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from cl_bayes.errors import ConfigError
+
+
+def route_heads(heads: nn.ModuleList, features: Tensor, head: int | Tensor) -> Tensor:
+    """Send each example's ``features`` to its own head.
+
+    ``features`` has shape ``(batch, hidden)``; ``head`` is one head index for the whole
+    batch or a ``(batch,)`` tensor of indices (mixed-task batches, as in replay or joint
+    training). All heads have the same number of outputs; returns ``(batch, outputs)``.
+    """
+    if isinstance(head, int):
+        return heads[head](features)
+    out = features.new_empty(features.shape[:-1] + (heads[0].out_features,))
+    for index in head.unique().tolist():
+        rows = head == index
+        out[rows] = heads[index](features[rows])
+    return out
+
+
+class MLP(nn.Module):
+    """Fully connected ReLU network; images are flattened first.
+
+    Parameters
+    ----------
+    in_features
+        Input size (``channels * height * width``).
+    hidden_sizes
+        Width of each hidden layer, e.g. ``[256, 256]``.
+    head_sizes
+        Outputs of each head: one head per task (task-incremental) or a single shared head.
+    """
+
+    def __init__(self, in_features: int, hidden_sizes: Sequence[int], head_sizes: Sequence[int]):
+        super().__init__()
+        hidden_sizes = list(hidden_sizes)
+        if not hidden_sizes or any(int(h) < 1 for h in hidden_sizes):
+            raise ConfigError(
+                f"model.hidden_sizes must list at least one positive width, got {hidden_sizes}."
+            )
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_features
+        for hidden in hidden_sizes:
+            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            width = hidden
+        self.body = nn.Sequential(*layers)
+        self.heads = nn.ModuleList(nn.Linear(width, size) for size in head_sizes)
+
+    def forward(self, x: Tensor, head: int | Tensor = 0) -> Tensor:
+        """Logits of shape ``(batch, outputs)`` for inputs ``x`` of shape ``(batch, ...)``."""
+        return route_heads(self.heads, self.body(x), head)
+
+
+def reset_parameters(model: nn.Module) -> None:
+    """Re-initialise every layer of ``model`` that knows how (draws from torch's global RNG)."""
+    with torch.no_grad():
+        for module in model.modules():
+            if module is not model and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
