@@ -8,6 +8,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from cl_bayes.allocator import keep_freed_memory
 from cl_bayes.config import register_task_sequences
 from cl_bayes.errors import UserError
 from cl_bayes.run import run
@@ -26,5 +27,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()
     register_task_sequences()
     main()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import signal
 import threading
@@ -24,7 +23,6 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
 
 from cl_bayes import checkpoint
 from cl_bayes.config import check_config
@@ -40,6 +38,7 @@ from cl_bayes.record import (
 )
 from cl_bayes.scenario import Scenario
 from cl_bayes.summary import format_report, summarize
+from cl_bayes.training import fit
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +81,11 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     if state is None:
         record = _new_record(cfg, sequence, scenario, method_name, device, T)
         R = np.full((T, T), np.nan)
+        # Untrained-model accuracy, the FWT baseline: only where FWT applies.
         record["baseline_accuracy"] = [
             evaluate(method, model, eval_sets[j], scenario.n_outputs(sequence, j))
+            if not scenario.has_untrained_heads
+            else None
             for j in range(T)
         ]
     else:
@@ -122,7 +124,11 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
 
             started = time.perf_counter()
             n_outputs = scenario.n_outputs(sequence, t)
-            R[t] = [evaluate(method, model, eval_sets[j], n_outputs) for j in range(T)]
+            # Tasks not yet trained are tested only where their outputs are shared and
+            # trained (domain-incremental); elsewhere R[t, j > t] stays unmeasured (NaN).
+            tested = range(T) if not scenario.has_untrained_heads else range(t + 1)
+            for j in tested:
+                R[t, j] = evaluate(method, model, eval_sets[j], n_outputs)
             record["eval_seconds"].append(time.perf_counter() - started)
             record["tasks_completed"] = t + 1
             log.info(
@@ -159,40 +165,21 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
 
 def train_task(
     cfg: DictConfig, method: Method, model: torch.nn.Module, data: LabelledData, t: int, T: int
-) -> None:
-    """Train ``model`` on ``data`` for ``cfg.train.epochs`` epochs with a fresh optimiser.
-
-    Minibatches are drawn by indexing the in-memory tensors with a random permutation;
-    ``train.batch_size: null`` trains on the whole task in one batch per step.
-    """
-    optimizer = instantiate(cfg.optimizer)(model.parameters())
-    n = len(data)
-    batch_size = cfg.train.batch_size or n
-    model.train()
-    bar = tqdm(
-        range(cfg.train.epochs), desc=f"task {t + 1}/{T}", disable=not cfg.progress, leave=False
+) -> list[float]:
+    """Train ``model`` on ``data`` with ``method.loss`` and a fresh optimiser; epoch losses."""
+    if len(data) == 0:
+        log.info(f"task {t + 1}/{T}: {type(method).__name__} trains on no data of this task")
+        return []
+    return fit(
+        model,
+        data,
+        method.loss,
+        instantiate(cfg.optimizer)(model.parameters()),
+        cfg.train.epochs,
+        cfg.train.batch_size,
+        label=f"task {t + 1}/{T}",
+        progress=cfg.progress,
     )
-    for epoch in bar:
-        total = torch.zeros((), device=data.y.device)
-        if batch_size >= n:
-            batches = [data]
-        else:
-            order = torch.randperm(n, device=data.y.device)
-            batches = (data.subset(index) for index in order.split(batch_size))
-        for batch in batches:
-            loss = method.loss(model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach() * len(batch)
-        epoch_loss = (total / n).item()  # one device sync per epoch
-        if not math.isfinite(epoch_loss):
-            raise TrainingDiverged(
-                f"Training loss became {epoch_loss} in task {t + 1}/{T}, epoch {epoch + 1}: "
-                f"try a lower optimizer.lr. The record of the {t} completed task(s) is kept."
-            )
-        bar.set_postfix(loss=f"{epoch_loss:.4f}")
-    bar.close()
 
 
 @torch.no_grad()
@@ -201,11 +188,11 @@ def evaluate(
 ) -> float:
     """Accuracy (fraction correct) of ``method``'s predictions over the first ``n_outputs``."""
     model.eval()
+    data = LabelledData(data.x, data.y, data.head, n_outputs)
     correct = 0
     for start in range(0, len(data), chunk):
         part = data.subset(torch.arange(start, min(start + chunk, len(data)), device=data.y.device))
-        scores = method.predict(model, part.x, part.head)[:, :n_outputs]
-        correct += (scores.argmax(dim=1) == part.y).sum().item()
+        correct += (method.predict(model, part).argmax(dim=1) == part.y).sum().item()
     return correct / max(len(data), 1)
 
 

@@ -9,7 +9,7 @@ For each task ``t`` the loop in ``cl_bayes.run`` calls::
         ...backward, optimiser step...
     method.after_task(model, t, data)                # e.g. Fisher, posterior -> prior
 
-and evaluates with ``method.predict(model, x, head)``. Whatever a method keeps between
+and evaluates with ``method.predict(model, data)`` (``data.y`` unused). Whatever a method keeps between
 tasks (anchors, Fisher information, buffers, priors) lives on the method and goes through
 ``state_dict`` / ``load_state_dict`` so that checkpoints restore it exactly; state held as
 buffers of the model needs nothing more.
@@ -93,9 +93,9 @@ class Method:
         """Consolidate what was learnt on task ``task_id``."""
 
     @torch.no_grad()
-    def predict(self, model: nn.Module, x: Tensor, head: int | Tensor) -> Tensor:
-        """Class scores ``(batch, outputs)`` whose argmax is the prediction."""
-        return model(x, head)
+    def predict(self, model: nn.Module, data: LabelledData) -> Tensor:
+        """Scores ``(batch, n_outputs)`` over the active outputs; the argmax is the prediction."""
+        return logits(model, data)
 
     def state_dict(self) -> dict[str, Any]:
         """What the method keeps between tasks, for checkpoints."""

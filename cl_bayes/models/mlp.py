@@ -10,19 +10,20 @@ from torch import Tensor, nn
 from cl_bayes.errors import ConfigError
 
 
-def route_heads(heads: nn.ModuleList, features: Tensor, head: int | Tensor) -> Tensor:
-    """Send each example's ``features`` to its own head.
+def route_heads(heads: nn.ModuleList, features: Tensor, head: int | Tensor, *args) -> Tensor:
+    """Send each example's ``features`` to its own head (extra ``args`` go to the heads).
 
-    ``features`` has shape ``(batch, hidden)``; ``head`` is one head index for the whole
-    batch or a ``(batch,)`` tensor of indices (mixed-task batches, as in replay or joint
-    training). All heads have the same number of outputs; returns ``(batch, outputs)``.
+    ``features`` has shape ``(..., batch, hidden)``; ``head`` is one head index for the
+    whole batch or a ``(batch,)`` tensor of indices (mixed-task batches, as in replay or
+    joint training). All heads have the same number of outputs; returns
+    ``(..., batch, outputs)``.
     """
     if isinstance(head, int):
-        return heads[head](features)
+        return heads[head](features, *args)
     out = features.new_empty(features.shape[:-1] + (heads[0].out_features,))
     for index in head.unique().tolist():
         rows = head == index
-        out[rows] = heads[index](features[rows])
+        out[..., rows, :] = heads[index](features[..., rows, :], *args)
     return out
 
 

@@ -1,0 +1,202 @@
+"""Variational Continual Learning (Nguyen, Li, Bui & Turner, ICLR 2018).
+
+A mean-field Gaussian Bayesian network is trained on each task by minimising the negative
+ELBO ``nll + beta * kl / N_t``, where ``kl = KL(q_t || q_{t-1})`` is taken against the
+posterior after the previous task (the first prior is ``N(0, prior_var)``) and ``N_t`` is
+the task's number of training examples once its coreset is removed. ``beta`` is GVCL's KL
+tempering (Loo, Swaroop & Turner 2021); 1 is VCL.
+
+Kept between tasks: the posterior after each task, copied into the model's prior buffers
+(so checkpoints restore it exactly and the optimiser never sees it), and, with coresets,
+each task's coreset as an index tensor into that task's training set. At prediction time a
+copy of the current posterior is fine-tuned on the coresets (all of them merged for a
+shared head; each task's own for its head) and that copy predicts; the copy is never
+propagated to the next task.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import partial
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cl_bayes.coresets import k_center_coreset, random_coreset
+from cl_bayes.errors import ConfigError
+from cl_bayes.methods.base import LabelledData, Method
+from cl_bayes.training import fit
+
+CORESET_METHODS = ("random", "k_center")
+STARTS = ("posterior", "fresh")
+
+
+class VCL(Method):
+    """Variational Continual Learning with optional random or k-center coresets.
+
+    Parameters
+    ----------
+    epochs, batch_size, optimizer
+        Schedule of the first task's maximum-likelihood start and of coreset fine-tuning
+        (the run's own schedule; ``batch_size=None`` is full batch; ``optimizer`` is a
+        partial taking the parameters).
+    beta
+        Weight of the KL term (1 = VCL; < 1 = GVCL's tempered posterior).
+    train_samples, predict_samples
+        Monte Carlo samples per training step (10 in the paper) and at prediction (100),
+        where the class probabilities are averaged before the argmax.
+    coreset_size
+        Coreset examples per task (0 = none; 40 for Split MNIST, 200 for Permuted MNIST).
+    coreset_method
+        ``random`` or ``k_center`` (greedy farthest point in input space, deterministic).
+    ml_init
+        Start the first task's posterior means from a network trained by maximum
+        likelihood on that task (same schedule), as in the paper.
+    start_from
+        ``posterior``: each task starts from the previous posterior (original VCL);
+        ``fresh``: means and variances are re-initialised each task ("improved VCL",
+        Swaroop et al. 2019); the prior is the previous posterior either way.
+    progress
+        Show progress bars for the maximum-likelihood start and coreset fine-tuning.
+    """
+
+    def __init__(
+        self,
+        epochs: int,
+        batch_size: int | None,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        beta: float = 1.0,
+        train_samples: int = 10,
+        predict_samples: int = 100,
+        coreset_size: int = 0,
+        coreset_method: str = "random",
+        ml_init: bool = True,
+        start_from: str = "posterior",
+        progress: bool = True,
+    ):
+        if coreset_method not in CORESET_METHODS:
+            raise ConfigError(
+                f"method.coreset_method must be one of {', '.join(CORESET_METHODS)}, "
+                f"got {coreset_method!r}."
+            )
+        if start_from not in STARTS:
+            raise ConfigError(f"method.start_from must be one of {', '.join(STARTS)}, got {start_from!r}.")
+        if train_samples < 1 or predict_samples < 1:
+            raise ConfigError("method.train_samples and method.predict_samples must be at least 1.")
+        if coreset_size < 0 or beta < 0:
+            raise ConfigError("method.coreset_size and method.beta must not be negative.")
+        self.epochs, self.batch_size, self.optimizer = epochs, batch_size, optimizer
+        self.beta = beta
+        self.train_samples, self.predict_samples = train_samples, predict_samples
+        self.coreset_size, self.coreset_method = coreset_size, coreset_method
+        self.ml_init, self.start_from, self.progress = ml_init, start_from, progress
+        self.coreset_index: dict[int, Tensor] = {}
+        self.seen_heads: list[int] = []
+        self._train_sets: Sequence[LabelledData] = ()
+        self._n_train = 1
+        self._predictors: dict[int, nn.Module] = {}
+
+    # -- the method interface -------------------------------------------------------------
+    def training_data(self, task_id: int, train_sets: Sequence[LabelledData]) -> LabelledData:
+        """Task ``task_id``'s training set without its coreset (which is selected here)."""
+        self._train_sets = train_sets
+        data = train_sets[task_id]
+        if not self.coreset_size:
+            return data
+        if self.coreset_method == "k_center":
+            index = k_center_coreset(data.x, self.coreset_size)
+        else:
+            index = random_coreset(len(data), self.coreset_size, data.y.device)
+        self.coreset_index[task_id] = index
+        keep = torch.ones(len(data), dtype=torch.bool, device=data.y.device)
+        keep[index] = False
+        return data.subset(keep.nonzero().squeeze(1))
+
+    def before_task(self, model: nn.Module, task_id: int, data: LabelledData) -> None:
+        if not hasattr(model, "kl"):
+            raise ConfigError(
+                f"method=vcl needs a Bayesian model (model=bayes_mlp), got {type(model).__name__}."
+            )
+        self._n_train = max(len(data), 1)
+        heads = [data.head] if isinstance(data.head, int) else data.head.unique().tolist()
+        if self.start_from == "fresh" and self.seen_heads:
+            for layer in model.layers(self.seen_heads):
+                layer.reset_parameters()
+        for head in heads:
+            if head not in self.seen_heads:  # a new head: fresh posterior, prior N(0, prior_var)
+                model.heads[head].reset_parameters()
+                model.heads[head].reset_prior()
+                self.seen_heads.append(head)
+        if task_id == 0 and self.ml_init:
+            self._fit(model, self._train_sets[task_id], Method().loss, "task 1 maximum likelihood")
+
+    def loss(self, model: nn.Module, batch: LabelledData) -> Tensor:
+        """Negative ELBO per example: ``nll + beta * kl / N_t`` (a scalar)."""
+        return self.neg_elbo(model, batch, self._n_train)
+
+    def after_task(self, model: nn.Module, task_id: int, data: LabelledData) -> None:
+        """Posterior becomes prior; with coresets, fine-tune the copies that predict."""
+        for layer in model.layers(self.seen_heads):
+            layer.posterior_to_prior()
+        self._predictors = self._tune_on_coresets(model, task_id) if self.coreset_index else {}
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, data: LabelledData) -> Tensor:
+        """Class probabilities ``(batch, n_outputs)`` averaged over ``predict_samples`` draws."""
+        if isinstance(data.head, int):
+            model = self._predictors.get(data.head, model)
+        probabilities = torch.zeros(len(data), data.n_outputs, device=data.y.device)
+        for samples in _chunks(self.predict_samples, 10):
+            scores = model(data.x, data.head, samples)[..., : data.n_outputs]
+            probabilities += scores.softmax(dim=-1).sum(dim=0)
+        return probabilities / self.predict_samples
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"coreset_index": dict(self.coreset_index), "seen_heads": list(self.seen_heads)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.coreset_index = dict(state["coreset_index"])
+        self.seen_heads = list(state["seen_heads"])
+
+    # -- VCL's own pieces ------------------------------------------------------------------
+    def neg_elbo(self, model: nn.Module, batch: LabelledData, n_train: int) -> Tensor:
+        """``nll + beta * kl / n_train``: nll averaged over samples and examples."""
+        sampled = model(batch.x, batch.head, self.train_samples)[..., : batch.n_outputs]
+        nll = F.cross_entropy(sampled.flatten(0, 1), batch.y.repeat(self.train_samples))
+        return nll + self.beta * model.kl(self.seen_heads) / n_train
+
+    def coreset(self, task_id: int) -> LabelledData:
+        """Task ``task_id``'s coreset examples."""
+        return self._train_sets[task_id].subset(self.coreset_index[task_id])
+
+    def _tune_on_coresets(self, model: nn.Module, task_id: int) -> dict[int, nn.Module]:
+        """One fine-tuned copy per head, trained on the coresets of that head's tasks.
+
+        The copy's prior is the current posterior (``after_task`` has just copied it), so it
+        minimises ``nll + beta * KL(q || current posterior) / coreset size``.
+        """
+        by_head: dict[int, list[LabelledData]] = {}
+        for t in sorted(self.coreset_index):
+            part = self.coreset(t)
+            by_head.setdefault(part.head if isinstance(part.head, int) else -1, []).append(part)
+        predictors = {}
+        for head, parts in by_head.items():
+            coresets = LabelledData.concat(parts)
+            tuned = copy.deepcopy(model)
+            loss = partial(self.neg_elbo, n_train=len(coresets))
+            self._fit(tuned, coresets, lambda m, b: loss(m, b), f"coreset tuning, head {head}")
+            tuned.eval()
+            predictors[head] = tuned
+        return predictors
+
+    def _fit(self, model: nn.Module, data: LabelledData, loss, label: str) -> None:
+        optimizer = self.optimizer(model.parameters())
+        fit(model, data, loss, optimizer, self.epochs, self.batch_size, label, self.progress)
+
+
+def _chunks(total: int, size: int) -> list[int]:
+    return [min(size, total - start) for start in range(0, total, size)]
+
+
