@@ -1,0 +1,27 @@
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from cl_bayes.bayes.gaussian import kl_diagonal_gaussians
+
+
+def test_kl_matches_torch_distributions_summed():
+    generator = torch.Generator().manual_seed(0)
+    shape = (7, 5)
+    mq, mp = torch.randn(shape, generator=generator), torch.randn(shape, generator=generator)
+    lvq, lvp = torch.randn(shape, generator=generator), torch.randn(shape, generator=generator)
+    expected = kl_divergence(Normal(mq, (0.5 * lvq).exp()), Normal(mp, (0.5 * lvp).exp())).sum()
+    assert torch.allclose(kl_diagonal_gaussians(mq, lvq, mp, lvp), expected, rtol=1e-5)
+
+
+def test_kl_is_zero_when_posterior_equals_prior_and_positive_otherwise():
+    mean, log_var = torch.randn(10), torch.randn(10)
+    assert kl_diagonal_gaussians(mean, log_var, mean, log_var).abs() < 1e-6
+    assert kl_diagonal_gaussians(mean + 0.1, log_var, mean, log_var) > 0
+    assert kl_diagonal_gaussians(mean, log_var - 0.1, mean, log_var) > 0
+
+
+def test_kl_gradient_vanishes_at_the_prior():
+    mean = torch.randn(4, requires_grad=True)
+    log_var = torch.randn(4, requires_grad=True)
+    kl_diagonal_gaussians(mean, log_var, mean.detach(), log_var.detach()).backward()
+    assert mean.grad.abs().max() < 1e-6 and log_var.grad.abs().max() < 1e-6

@@ -1,0 +1,84 @@
+import math
+
+import torch
+
+from cl_bayes.bayes.linear import MeanFieldLinear
+
+
+def _layer(seed=0):
+    torch.manual_seed(seed)
+    layer = MeanFieldLinear(6, 3, prior_var=2.0, init_log_var=-1.0)
+    with torch.no_grad():
+        layer.weight_posterior_log_var.uniform_(-2, 0)
+        layer.bias_posterior_log_var.uniform_(-2, 0)
+    return layer
+
+
+def test_prior_is_persistent_buffers_not_parameters():
+    layer = _layer()
+    names = {name for name, _ in layer.named_parameters()}
+    assert names == {
+        "weight_posterior_mean", "weight_posterior_log_var",
+        "bias_posterior_mean", "bias_posterior_log_var",
+    }
+    state = layer.state_dict()
+    for name in ("weight_prior_mean", "weight_prior_log_var", "bias_prior_mean", "bias_prior_log_var"):
+        assert name in state and not state[name].requires_grad
+    assert torch.all(layer.weight_prior_mean == 0)
+    assert torch.allclose(layer.weight_prior_log_var, torch.full((3, 6), math.log(2.0)))
+
+
+def test_local_reparameterisation_has_the_analytic_moments():
+    layer = _layer()
+    x = torch.randn(4, 6)
+    expected_mean = x @ layer.weight_posterior_mean.T + layer.bias_posterior_mean
+    expected_var = (x**2) @ layer.weight_posterior_log_var.exp().T + layer.bias_posterior_log_var.exp()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        samples = layer(x, n_samples=200_000)  # one vectorised pass, shared input
+    assert samples.shape == (200_000, 4, 3)
+    # Standard errors: sd / sqrt(n) for the mean, about var * sqrt(2 / n) for the variance.
+    assert torch.allclose(samples.mean(0), expected_mean, atol=5 * (expected_var / 2e5).sqrt().max().item())
+    assert torch.allclose(samples.var(0), expected_var, rtol=5 * math.sqrt(2 / 2e5))
+
+
+def test_local_reparameterisation_matches_sampling_weights():
+    """Pre-activations drawn by the trick have the law of x W^T + b with W, b ~ posterior."""
+    layer = _layer()
+    x = torch.randn(2, 6)
+    torch.manual_seed(2)
+    n = 100_000
+    with torch.no_grad():
+        w = layer.weight_posterior_mean + layer.weight_posterior_log_var.mul(0.5).exp() * torch.randn(n, 3, 6)
+        b = layer.bias_posterior_mean + layer.bias_posterior_log_var.mul(0.5).exp() * torch.randn(n, 3)
+        direct = torch.einsum("bi,noi->nbo", x, w) + b[:, None, :]
+        trick = layer(x, n_samples=n)
+    assert torch.allclose(direct.mean(0), trick.mean(0), atol=0.02)
+    assert torch.allclose(direct.var(0), trick.var(0), rtol=0.03)
+
+
+def test_per_sample_inputs_and_mean_mode():
+    layer = _layer()
+    x = torch.randn(5, 4, 6)
+    assert layer(x, n_samples=5).shape == (5, 4, 3)
+    flat = torch.randn(4, 6)
+    mean = layer(flat)
+    assert torch.allclose(mean, flat @ layer.weight_posterior_mean.T + layer.bias_posterior_mean)
+    assert torch.equal(layer(flat), mean)  # deterministic
+
+
+def test_kl_sums_weights_and_biases_and_vanishes_after_posterior_to_prior():
+    layer = _layer()
+    assert layer.kl() > 0
+    layer.posterior_to_prior()
+    assert torch.equal(layer.weight_prior_mean, layer.weight_posterior_mean.detach())
+    assert torch.equal(layer.bias_prior_log_var, layer.bias_posterior_log_var.detach())
+    assert layer.kl().abs() < 1e-5
+    # The prior is a copy: moving the posterior leaves it where it was.
+    before = layer.weight_prior_mean.clone()
+    with torch.no_grad():
+        layer.weight_posterior_mean.add_(1.0)
+    assert torch.equal(layer.weight_prior_mean, before)
+    # Prior buffers get no gradient from the KL.
+    layer.kl().backward()
+    assert layer.weight_prior_mean.grad is None and layer.weight_posterior_mean.grad is not None
