@@ -30,8 +30,14 @@ from cl_bayes.training import fit
 
 
 def epoch_seconds(method_name: str, samples: int, device: str, root: str, repeats: int) -> float:
-    overrides = [f"method={method_name}", "train.epochs=1", "train.batch_size=128",
-                 "progress=false", f"device={device}", "model.hidden_sizes=[256,256]"]
+    overrides = [
+        f"method={method_name}",
+        "train.epochs=1",
+        "train.batch_size=128",
+        "progress=false",
+        f"device={device}",
+        "model.hidden_sizes=[256,256]",
+    ]
     if method_name == "vcl":
         overrides += [f"method.train_samples={samples}", "method.ml_init=false"]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -72,7 +78,8 @@ def main() -> None:
     print(f"deterministic (finetune) : {deterministic:.3f} s")
     print(f"VCL, K = 1               : {k1:.3f} s  ({k1 / deterministic:.2f}x, target <= 2.5x)")
     print(f"VCL, K = 10              : {k10:.3f} s  ({k10 / deterministic:.2f}x, target <= 9x)")
-    print(f"peak RSS                 : {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS                 : {peak_mb:.0f} MB")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ log = logging.getLogger("cl_bayes")
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    """Run the experiment ``cfg`` describes; a user error is logged as one line, exit code 2."""
     try:
         record = run(cfg, Path(HydraConfig.get().runtime.output_dir))
     except UserError as error:

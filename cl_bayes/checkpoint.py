@@ -26,6 +26,7 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the generators from what :func:`rng_state` returned."""
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
@@ -41,5 +42,6 @@ def save(path: Path, state: dict[str, Any]) -> None:
 
 
 def load(path: Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save` (tensors land on the CPU)."""
     # The checkpoint holds numpy and python RNG states and a plain config dict.
     return torch.load(path, map_location="cpu", weights_only=False)

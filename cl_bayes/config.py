@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import hydra.utils
 from hydra.core.config_store import ConfigStore
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-from cl_bayes.errors import ConfigError
+from cl_bayes.errors import ConfigError, UserError
 from cl_bayes.scenario import Scenario
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +30,24 @@ def register_task_sequences(tasks_dir: Path = TASKS_DIR) -> list[str]:
         store.store(group="task", name=path.stem, node=OmegaConf.load(path))
         names.append(path.stem)
     return names
+
+
+def instantiate(config: Any, *args: Any, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate``, letting a :class:`UserError` raised by the target through.
+
+    Hydra wraps whatever a ``_target_`` raises in an ``InstantiationException`` whose message
+    is the ``repr`` of the original; a bad task option or a missing data set must reach the
+    user as the one clear error it is.
+    """
+    try:
+        return hydra.utils.instantiate(config, *args, **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__
+        while isinstance(cause, InstantiationException):
+            cause = cause.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        raise
 
 
 def _positive(value, name: str, allow_null: bool = False) -> None:

@@ -52,10 +52,12 @@ class TaskSequence:
 
     @property
     def n_tasks(self) -> int:
+        """Number of tasks in the sequence."""
         return len(self.tasks)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input, ``(channels, height, width)``."""
         return tuple(self.tasks[0].x_train.shape[1:])
 
 

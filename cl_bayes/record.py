@@ -27,6 +27,7 @@ RECORD_NAME = "record.json"
 
 
 def utc_now() -> str:
+    """The current time in UTC, ISO 8601 to the second."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
@@ -76,6 +77,7 @@ def git_commit() -> str | None:
 
 
 def versions() -> dict[str, str | None]:
+    """Versions of Python, the main packages and the git commit of cl_bayes (or ``None``)."""
     def version(package: str) -> str | None:
         try:
             return metadata.version(package)

@@ -21,11 +21,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cl_bayes import checkpoint
-from cl_bayes.config import check_config
+from cl_bayes.config import check_config, instantiate
 from cl_bayes.data import TaskSequence
 from cl_bayes.errors import ConfigError, TrainingDiverged
 from cl_bayes.methods.base import LabelledData, Method
@@ -96,7 +95,10 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         checkpoint.set_rng_state(state["rng"])
         log.info(f"Resuming {record['run_id']} after task {record['tasks_completed']}/{T}")
     record["status"] = "running"
-    record_paths = [output_dir / RECORD_NAME, Path(cfg.results_dir) / "runs" / f"{record['run_id']}.json"]
+    record_paths = [
+        output_dir / RECORD_NAME,
+        Path(cfg.results_dir) / "runs" / f"{record['run_id']}.json",
+    ]
     record["record_path"] = str(record_paths[0])
 
     def save_record(status: str, error: str | None = None) -> None:
@@ -105,7 +107,9 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
             status=status,
             error=error,
             accuracy_matrix=R.tolist(),
-            summary=summarize(R[:k], record["baseline_accuracy"], not scenario.has_untrained_heads, joint_R),
+            summary=summarize(
+                R[:k], record["baseline_accuracy"], not scenario.has_untrained_heads, joint_R
+            ),
             peak_memory_mb=peak_memory_mb(device),
             updated_at=utc_now(),
         )
@@ -216,6 +220,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -223,7 +228,10 @@ def seed_everything(seed: int) -> None:
 
 def _new_record(cfg, sequence, scenario, method_name, device, T) -> dict[str, Any]:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_id = f"{sequence.name}-{method_name}-{scenario.value}-seed{cfg.seed}-{stamp}-{uuid.uuid4().hex[:6]}"
+    run_id = (
+        f"{sequence.name}-{method_name}-{scenario.value}-seed{cfg.seed}-{stamp}"
+        f"-{uuid.uuid4().hex[:6]}"
+    )
     return {
         "run_id": run_id,
         "status": "running",

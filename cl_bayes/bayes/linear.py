@@ -63,7 +63,9 @@ class MeanFieldLinear(nn.Module):
         """Fresh posterior: truncated-normal means, log-variances ``init_log_var``."""
         for name in ("weight", "bias"):
             mean = getattr(self, f"{name}_posterior_mean")
-            nn.init.trunc_normal_(mean, std=self.init_std, a=-2 * self.init_std, b=2 * self.init_std)
+            nn.init.trunc_normal_(
+                mean, std=self.init_std, a=-2 * self.init_std, b=2 * self.init_std
+            )
             getattr(self, f"{name}_posterior_log_var").fill_(self.init_log_var)
 
     @torch.no_grad()
@@ -78,9 +80,7 @@ class MeanFieldLinear(nn.Module):
         """Make the current posterior the prior (a detached copy; VCL's step between tasks)."""
         for name in ("weight", "bias"):
             getattr(self, f"{name}_prior_mean").copy_(getattr(self, f"{name}_posterior_mean"))
-            getattr(self, f"{name}_prior_log_var").copy_(
-                getattr(self, f"{name}_posterior_log_var")
-            )
+            getattr(self, f"{name}_prior_log_var").copy_(getattr(self, f"{name}_posterior_log_var"))
 
     def kl(self) -> Tensor:
         """``KL(posterior || prior)`` summed over all weights and biases (a scalar)."""
@@ -119,4 +119,5 @@ class MeanFieldLinear(nn.Module):
         return mean + variance.sqrt() * noise
 
     def extra_repr(self) -> str:
+        """Layer sizes, shown by ``print(model)``."""
         return f"in_features={self.in_features}, out_features={self.out_features}"

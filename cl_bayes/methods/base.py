@@ -9,8 +9,8 @@ For each task ``t`` the loop in ``cl_bayes.run`` calls::
         ...backward, optimiser step...
     method.after_task(model, t, data)                # e.g. Fisher, posterior -> prior
 
-and evaluates with ``method.predict(model, data)`` (``data.y`` unused). Whatever a method keeps between
-tasks (anchors, Fisher information, buffers, priors) lives on the method and goes through
+and evaluates with ``method.predict(model, data)`` (``data.y`` unused). Whatever a method keeps
+between tasks (anchors, Fisher information, buffers, priors) lives on the method and goes through
 ``state_dict`` / ``load_state_dict`` so that checkpoints restore it exactly; state held as
 buffers of the model needs nothing more.
 """

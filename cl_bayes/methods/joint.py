@@ -21,7 +21,9 @@ class Joint(Method):
     """Retrain from scratch on tasks ``0 .. t`` after each new task ``t``."""
 
     def training_data(self, task_id: int, train_sets: Sequence[LabelledData]) -> LabelledData:
+        """All training examples of tasks ``0 .. task_id``, each with its own head."""
         return LabelledData.concat(train_sets[: task_id + 1])
 
     def before_task(self, model: nn.Module, task_id: int, data: LabelledData) -> None:
+        """Re-initialise every parameter: each task retrains from scratch."""
         reset_parameters(model)

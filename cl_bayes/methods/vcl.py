@@ -82,7 +82,9 @@ class VCL(Method):
                 f"got {coreset_method!r}."
             )
         if start_from not in STARTS:
-            raise ConfigError(f"method.start_from must be one of {', '.join(STARTS)}, got {start_from!r}.")
+            raise ConfigError(
+                f"method.start_from must be one of {', '.join(STARTS)}, got {start_from!r}."
+            )
         if train_samples < 1 or predict_samples < 1:
             raise ConfigError("method.train_samples and method.predict_samples must be at least 1.")
         if coreset_size < 0 or beta < 0:
@@ -115,6 +117,7 @@ class VCL(Method):
         return data.subset(keep.nonzero().squeeze(1))
 
     def before_task(self, model: nn.Module, task_id: int, data: LabelledData) -> None:
+        """Give new heads a fresh posterior and prior; on task 1, the maximum-likelihood start."""
         if not hasattr(model, "kl"):
             raise ConfigError(
                 f"method=vcl needs a Bayesian model (model=bayes_mlp), got {type(model).__name__}."
@@ -154,9 +157,11 @@ class VCL(Method):
         return probabilities / self.predict_samples
 
     def state_dict(self) -> dict[str, Any]:
+        """Coreset indices and the heads trained so far (the priors live in the model)."""
         return {"coreset_index": dict(self.coreset_index), "seen_heads": list(self.seen_heads)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
         self.coreset_index = dict(state["coreset_index"])
         self.seen_heads = list(state["seen_heads"])
 
@@ -186,7 +191,7 @@ class VCL(Method):
             coresets = LabelledData.concat(parts)
             tuned = copy.deepcopy(model)
             loss = partial(self.neg_elbo, n_train=len(coresets))
-            self._fit(tuned, coresets, lambda m, b: loss(m, b), f"coreset tuning, head {head}")
+            self._fit(tuned, coresets, loss, f"coreset tuning, head {head}")
             tuned.eval()
             predictors[head] = tuned
         return predictors
@@ -198,5 +203,3 @@ class VCL(Method):
 
 def _chunks(total: int, size: int) -> list[int]:
     return [min(size, total - start) for start in range(0, total, size)]
-
-

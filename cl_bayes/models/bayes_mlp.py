@@ -47,7 +47,8 @@ class BayesMLP(nn.Module):
             raise ConfigError(f"model.prior_var must be positive, got {prior_var}.")
         widths = [in_features] + hidden_sizes
         self.body = nn.ModuleList(
-            MeanFieldLinear(a, b, prior_var, init_log_var) for a, b in zip(widths, widths[1:])
+            MeanFieldLinear(a, b, prior_var, init_log_var)
+            for a, b in zip(widths[:-1], widths[1:], strict=True)
         )
         self.heads = nn.ModuleList(
             MeanFieldLinear(widths[-1], size, prior_var, init_log_var) for size in head_sizes

@@ -20,7 +20,11 @@ def _task(scale: float, seed: int):
     design = torch.tensor(list(itertools.product([-1.0, 1.0], repeat=3)))  # orthogonal, centred
     x = scale * design.repeat(3, 1)
     generator = torch.Generator().manual_seed(seed)
-    y = x @ torch.tensor([0.7, -1.2, 0.3]) + 0.4 + NOISE_VAR**0.5 * torch.randn(len(x), generator=generator)
+    y = (
+        x @ torch.tensor([0.7, -1.2, 0.3])
+        + 0.4
+        + NOISE_VAR**0.5 * torch.randn(len(x), generator=generator)
+    )
     return x.double(), y.double()
 
 
@@ -32,7 +36,11 @@ def _neg_elbo(layer: MeanFieldLinear, x, y):
 
 def _fit(layer, x, y):
     optimizer = torch.optim.LBFGS(
-        layer.parameters(), lr=1, max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-14,
+        layer.parameters(),
+        lr=1,
+        max_iter=500,
+        tolerance_grad=1e-12,
+        tolerance_change=1e-14,
         line_search_fn="strong_wolfe",
     )
 
@@ -62,7 +70,9 @@ def _new_layer():
 
 def _posterior(layer):
     mean = torch.cat([layer.weight_posterior_mean[0], layer.bias_posterior_mean]).detach()
-    var = torch.cat([layer.weight_posterior_log_var[0], layer.bias_posterior_log_var]).exp().detach()
+    var = (
+        torch.cat([layer.weight_posterior_log_var[0], layer.bias_posterior_log_var]).exp().detach()
+    )
     return mean, var
 
 
@@ -95,4 +105,6 @@ def test_sequential_posterior_to_prior_equals_fitting_both_tasks_at_once():
     exact_mean, exact_cov = _exact([x1, x2], [y1, y2])
     assert torch.allclose(seq_mean, exact_mean, atol=1e-6)
     # The prior of task 2 was task 1's posterior, not N(0, PRIOR_VAR).
-    assert not torch.allclose(sequential.weight_prior_log_var, torch.full((1, 3), PRIOR_VAR).log().double())
+    assert not torch.allclose(
+        sequential.weight_prior_log_var, torch.full((1, 3), PRIOR_VAR).log().double()
+    )

@@ -18,11 +18,18 @@ def test_prior_is_persistent_buffers_not_parameters():
     layer = _layer()
     names = {name for name, _ in layer.named_parameters()}
     assert names == {
-        "weight_posterior_mean", "weight_posterior_log_var",
-        "bias_posterior_mean", "bias_posterior_log_var",
+        "weight_posterior_mean",
+        "weight_posterior_log_var",
+        "bias_posterior_mean",
+        "bias_posterior_log_var",
     }
     state = layer.state_dict()
-    for name in ("weight_prior_mean", "weight_prior_log_var", "bias_prior_mean", "bias_prior_log_var"):
+    for name in (
+        "weight_prior_mean",
+        "weight_prior_log_var",
+        "bias_prior_mean",
+        "bias_prior_log_var",
+    ):
         assert name in state and not state[name].requires_grad
     assert torch.all(layer.weight_prior_mean == 0)
     assert torch.allclose(layer.weight_prior_log_var, torch.full((3, 6), math.log(2.0)))
@@ -32,13 +39,17 @@ def test_local_reparameterisation_has_the_analytic_moments():
     layer = _layer()
     x = torch.randn(4, 6)
     expected_mean = x @ layer.weight_posterior_mean.T + layer.bias_posterior_mean
-    expected_var = (x**2) @ layer.weight_posterior_log_var.exp().T + layer.bias_posterior_log_var.exp()
+    expected_var = (
+        x**2
+    ) @ layer.weight_posterior_log_var.exp().T + layer.bias_posterior_log_var.exp()
     torch.manual_seed(1)
     with torch.no_grad():
         samples = layer(x, n_samples=200_000)  # one vectorised pass, shared input
     assert samples.shape == (200_000, 4, 3)
     # Standard errors: sd / sqrt(n) for the mean, about var * sqrt(2 / n) for the variance.
-    assert torch.allclose(samples.mean(0), expected_mean, atol=5 * (expected_var / 2e5).sqrt().max().item())
+    assert torch.allclose(
+        samples.mean(0), expected_mean, atol=5 * (expected_var / 2e5).sqrt().max().item()
+    )
     assert torch.allclose(samples.var(0), expected_var, rtol=5 * math.sqrt(2 / 2e5))
 
 
@@ -49,8 +60,12 @@ def test_local_reparameterisation_matches_sampling_weights():
     torch.manual_seed(2)
     n = 100_000
     with torch.no_grad():
-        w = layer.weight_posterior_mean + layer.weight_posterior_log_var.mul(0.5).exp() * torch.randn(n, 3, 6)
-        b = layer.bias_posterior_mean + layer.bias_posterior_log_var.mul(0.5).exp() * torch.randn(n, 3)
+        w = layer.weight_posterior_mean + layer.weight_posterior_log_var.mul(
+            0.5
+        ).exp() * torch.randn(n, 3, 6)
+        b = layer.bias_posterior_mean + layer.bias_posterior_log_var.mul(0.5).exp() * torch.randn(
+            n, 3
+        )
         direct = torch.einsum("bi,noi->nbo", x, w) + b[:, None, :]
         trick = layer(x, n_samples=n)
     assert torch.allclose(direct.mean(0), trick.mean(0), atol=0.02)

@@ -13,8 +13,13 @@ from cl_bayes.run import run
 
 
 def _method(**kwargs):
-    options = dict(epochs=2, batch_size=None, optimizer=lambda p: torch.optim.Adam(p, lr=1e-2),
-                   progress=False, predict_samples=20)
+    options = dict(
+        epochs=2,
+        batch_size=None,
+        optimizer=lambda p: torch.optim.Adam(p, lr=1e-2),
+        progress=False,
+        predict_samples=20,
+    )
     options.update(kwargs)
     return VCL(**options)
 
@@ -60,7 +65,16 @@ def test_after_a_task_the_prior_is_the_old_posterior_and_new_heads_get_n01():
             assert torch.all(model.heads[1].weight_posterior_log_var == -6)
             # ... while the body's prior is task 0's posterior.
             assert not torch.all(model.body[0].weight_prior_log_var == 0)
-        cl_bayes.run.fit(model, data, method.loss, torch.optim.Adam(model.parameters(), 1e-2), 3, None, "t", False)
+        cl_bayes.run.fit(
+            model,
+            data,
+            method.loss,
+            torch.optim.Adam(model.parameters(), 1e-2),
+            3,
+            None,
+            "t",
+            False,
+        )
         method.after_task(model, t, data)
         for layer in model.layers(method.seen_heads):
             assert torch.equal(layer.weight_prior_mean, layer.weight_posterior_mean.detach())
@@ -136,8 +150,15 @@ def test_vcl_config_selects_the_bayesian_model(tiny_cfg):
 
 
 def test_vcl_forgets_less_than_finetune_on_two_real_mnist_tasks(tiny_cfg, tmp_path, cached_data):
-    common = ["task.n_tasks=2", "task.train_size=1000", "train.epochs=20", "train.batch_size=null",
-              "model.hidden_sizes=[64]", "seed=0", "scenario=domain"]
+    common = [
+        "task.n_tasks=2",
+        "task.train_size=1000",
+        "train.epochs=20",
+        "train.batch_size=null",
+        "model.hidden_sizes=[64]",
+        "seed=0",
+        "scenario=domain",
+    ]
     finetune = run(tiny_cfg(*common, "method=finetune", "model=mlp"), tmp_path / "finetune")
     vcl = run(tiny_cfg(*common, "method=vcl", "method.predict_samples=20"), tmp_path / "vcl")
     f_forgetting, v_forgetting = finetune["summary"]["forgetting"], vcl["summary"]["forgetting"]
@@ -145,8 +166,15 @@ def test_vcl_forgets_less_than_finetune_on_two_real_mnist_tasks(tiny_cfg, tmp_pa
 
 
 def test_vcl_resume_is_bit_identical(tiny_cfg, tmp_path, monkeypatch, cached_data):
-    overrides = ["method=vcl", "task.n_tasks=3", "task.train_size=100", "train.epochs=2",
-                 "method.coreset_size=10", "method.coreset_method=k_center", "method.predict_samples=10"]
+    overrides = [
+        "method=vcl",
+        "task.n_tasks=3",
+        "task.train_size=100",
+        "train.epochs=2",
+        "method.coreset_size=10",
+        "method.coreset_method=k_center",
+        "method.predict_samples=10",
+    ]
     full = run(tiny_cfg(*overrides), tmp_path / "full")
 
     real_train = cl_bayes.run.train_task
@@ -164,5 +192,7 @@ def test_vcl_resume_is_bit_identical(tiny_cfg, tmp_path, monkeypatch, cached_dat
     monkeypatch.setattr(cl_bayes.run, "train_task", real_train)
     resumed = run(tiny_cfg(*overrides, f"resume={tmp_path / 'cut'}"), tmp_path / "other")
     assert resumed["status"] == "completed" and resumed["run_id"] != full["run_id"]
-    np.testing.assert_array_equal(np.array(resumed["accuracy_matrix"], dtype=float),
-                                  np.array(full["accuracy_matrix"], dtype=float))
+    np.testing.assert_array_equal(
+        np.array(resumed["accuracy_matrix"], dtype=float),
+        np.array(full["accuracy_matrix"], dtype=float),
+    )
