@@ -1,0 +1,133 @@
+"""Shared fixtures: the data root, composed configurations and tiny run settings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+import cl_bayes.data
+from cl_bayes.config import CONF_DIR, REPO_ROOT, register_task_sequences
+
+# Real MNIST in torchvision's layout lives next to the repository (`../shared/data`).
+DATA_ROOT = (REPO_ROOT / ".." / "shared" / "data").resolve()
+os.environ.setdefault("CL_BAYES_DATA", str(DATA_ROOT))
+
+# The tests' networks are tiny and gain nothing from a second thread, while OpenMP threads
+# spin-waiting for a busy core made a 5-task CLI run 5x slower on a loaded 2-core machine
+# (61 s against 12 s). One thread per process, here and in the CLI subprocesses, keeps the
+# suite quick; set OMP_NUM_THREADS to test with more.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+# Small enough for a whole 5-task run in about a second on 2 CPU cores.
+TINY = [
+    "task.train_size=200",
+    "train.epochs=1",
+    "model.hidden_sizes=[32]",
+    "progress=false",
+    "device=cpu",
+]
+
+
+def compose_config(*overrides: str):
+    """The configuration ``python -m cl_bayes <overrides>`` would run with."""
+    register_task_sequences()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.fixture
+def compose_cfg():
+    """``compose_cfg(*overrides)`` -> the composed ``DictConfig``."""
+    return compose_config
+
+
+@pytest.fixture
+def tiny():
+    """Overrides for a quick run (add ``results_dir=<tmp>`` yourself, or use ``tiny_cfg``)."""
+    return list(TINY)
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    """``tiny_cfg(*overrides)``: a tiny config whose ``results_dir`` is under ``tmp_path``."""
+
+    def make(*overrides: str):
+        return compose_config(*TINY, f"results_dir={tmp_path / 'results'}", *overrides)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    if not (Path(os.environ["CL_BAYES_DATA"]) / "MNIST").is_dir():
+        pytest.skip(f"no MNIST under {os.environ['CL_BAYES_DATA']} (set CL_BAYES_DATA)")
+    return Path(os.environ["CL_BAYES_DATA"])
+
+
+@pytest.fixture(scope="session")
+def _loaded_datasets() -> dict:
+    return {}
+
+
+@pytest.fixture
+def cached_data(monkeypatch, _loaded_datasets, data_root):
+    """Load each torchvision data set from disk once per session (about 1 s each time).
+
+    Safe because the task builders only index-copy the loaded tensors, never modify them.
+    """
+    real = cl_bayes.data.load_torchvision
+
+    def load(dataset, root, download, device):
+        key = (dataset, str(Path(root).resolve()), str(torch.device(device)))
+        if key not in _loaded_datasets:
+            _loaded_datasets[key] = real(dataset, root, download, device)
+        return _loaded_datasets[key]
+
+    monkeypatch.setattr(cl_bayes.data, "load_torchvision", load)
+    return load
+
+
+# A run long enough per task (about half a second on 2 idle cores) for the resume test to
+# kill it between tasks, and short enough to keep the suite quick.
+LONG_ENOUGH = [
+    "task.train_size=2000",
+    "train.epochs=8",
+    "train.batch_size=32",
+    "model.hidden_sizes=[64]",
+    "progress=false",
+    "device=cpu",
+]
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m cl_bayes <args>`` in ``cwd``; stdout and stderr captured as text."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.run(
+        [sys.executable, "-m", "cl_bayes", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def reference_cli_run(tmp_path_factory, data_root):
+    """One uninterrupted CLI run with ``LONG_ENOUGH`` settings, shared by the CLI and resume tests.
+
+    Returns ``(completed process, working directory, run directory, results directory)``.
+    """
+    base = tmp_path_factory.mktemp("reference")
+    cwd = base / "cwd"
+    cwd.mkdir()
+    run_dir, results = base / "run", base / "results"
+    proc = run_cli(*LONG_ENOUGH, f"results_dir={results}", f"hydra.run.dir={run_dir}", cwd=cwd)
+    return proc, cwd, run_dir, results

@@ -1,0 +1,86 @@
+"""The command line as a user meets it: `python -m cl_bayes ...` in a subprocess."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import TINY, run_cli
+
+
+def _output(proc) -> str:
+    return proc.stdout + proc.stderr
+
+
+def test_a_run_prints_the_matrix_and_summary_and_writes_only_its_outputs(reference_cli_run):
+    proc, cwd, run_dir, results = reference_cli_run
+    out = _output(proc)
+    assert proc.returncode == 0, out
+    assert "Traceback" not in out
+    assert "Accuracy matrix (%)" in out
+    for t in range(1, 6):
+        assert f"after T{t}" in out
+    record = json.loads((run_dir / "record.json").read_text())
+    assert record["status"] == "completed" and record["tasks_completed"] == 5
+    assert f"ACC={100 * record['summary']['acc']:.2f}" in out
+    assert "BWT=" in out and "Forgetting=" in out
+    assert json.loads((results / "runs" / f"{record['run_id']}.json").read_text()) == record
+    assert list(cwd.iterdir()) == []  # nothing written in the working directory
+
+
+def test_help_lists_tasks_methods_and_scenarios(tmp_path):
+    proc = run_cli("--help", cwd=tmp_path)
+    out = _output(proc)
+    assert proc.returncode == 0, out
+    for name in ("split_mnist", "permuted_mnist", "rotated_mnist", "split_cifar10"):
+        assert name in out
+    for name in ("finetune", "joint"):
+        assert name in out
+    assert "task | domain | class" in out
+    assert "resume=" in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_method_lists_the_valid_ones_without_a_traceback(tmp_path):
+    proc = run_cli("method=nope", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    out = _output(proc)
+    assert proc.returncode != 0
+    assert "Traceback" not in out
+    assert "Could not find 'method/nope'" in out
+    assert "finetune" in out and "joint" in out
+
+
+def test_non_positive_epochs_is_one_clear_line_and_nothing_trains(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = run_cli(
+        *TINY,
+        "train.epochs=0",
+        f"results_dir={tmp_path / 'results'}",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
+    out = _output(proc)
+    assert proc.returncode == 2, out
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert lines == ["error: train.epochs must be a positive number, got 0."]
+    assert not (run_dir / "record.json").exists() and not (run_dir / "checkpoint.pt").exists()
+    assert not (tmp_path / "results").exists()
+
+
+def test_missing_data_names_the_folder_without_a_traceback(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_cli(
+        *TINY,
+        f"data.root={empty}",
+        "data.download=false",
+        f"results_dir={tmp_path / 'results'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
+    out = _output(proc)
+    assert proc.returncode == 2, out
+    assert "Traceback" not in out and "InstantiationException" not in out
+    assert out.startswith("error: MNIST not found under " + str(empty.resolve()))
+    assert str(empty.resolve() / "MNIST" / "raw" / "train-images-idx3-ubyte") in out
+    assert "CL_BAYES_DATA" in out and "data.root=" in out
+    assert "\\n" not in out  # the message itself, not its repr

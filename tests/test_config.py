@@ -1,0 +1,172 @@
+"""Every configuration composes and instantiates; values that cannot work fail before training."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+
+import pytest
+import torch
+from hydra.errors import InstantiationException, MissingConfigException
+from hydra.utils import get_method
+from omegaconf import OmegaConf
+
+from cl_bayes.config import CONF_DIR, TASKS_DIR, check_config, instantiate
+from cl_bayes.data import DATASETS
+from cl_bayes.errors import ConfigError, DataNotFoundError
+from cl_bayes.methods.base import Method
+from cl_bayes.run import labelled, run
+from cl_bayes.scenario import Scenario
+from tests.conftest import compose_config
+
+TASKS = sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
+METHODS = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
+MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml"))
+OPTIMIZERS = sorted(p.stem for p in (CONF_DIR / "optimizer").glob("*.yaml"))
+# Data sets present on this machine (and in CI): the others are composed, not built.
+LOCAL_DATASETS = {"MNIST"}
+SMALL = [
+    "task.train_size=16",
+    "train.epochs=1",
+    "train.batch_size=8",
+    "model.hidden_sizes=[8]",
+    "progress=false",
+    "device=cpu",
+]
+
+
+def test_the_groups_are_found():
+    assert {"split_mnist", "permuted_mnist", "rotated_mnist", "split_cifar10"} <= set(TASKS)
+    assert {"finetune", "joint"} <= set(METHODS)
+    assert "mlp" in MODELS and {"adam", "sgd"} <= set(OPTIMIZERS)
+
+
+@functools.cache
+def _default_model(method: str) -> str:
+    """``_target_`` of the model a method's config selects."""
+    return compose_config(f"method={method}").model._target_
+
+
+@pytest.fixture(scope="module")
+def sequences():
+    """Task sequences built once per module, keyed by task name."""
+    return {}
+
+
+def _task_kwargs(cfg):
+    kwargs = OmegaConf.to_container(cfg.task, resolve=True)
+    kwargs.pop("_target_")
+    return kwargs
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_task_config_matches_its_builder(task, compose_cfg):
+    cfg = compose_cfg(f"task={task}")
+    assert cfg.task.name == task  # task=<name> is tasks/<name>.yaml
+    assert cfg.task.dataset in DATASETS
+    assert Scenario.parse(cfg.scenario) is Scenario(cfg.task.default_scenario)
+    builder = get_method(cfg.task._target_)
+    # The YAML holds exactly the builder's arguments; run() supplies the rest.
+    inspect.signature(builder).bind(
+        **_task_kwargs(cfg), root="data", download=False, device=torch.device("cpu"), seed=0
+    )
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("task", TASKS)
+def test_every_combination_composes_and_instantiates(
+    task, method, model, optimizer, compose_cfg, sequences, cached_data
+):
+    default_model = _default_model(method)
+    cfg = compose_cfg(
+        f"task={task}", f"method={method}", f"model={model}", f"optimizer={optimizer}", *SMALL
+    )
+    check_config(cfg)
+    for group in ("method", "model", "optimizer"):
+        assert callable(get_method(cfg[group]._target_))
+    assert cfg.method._target_.startswith(f"cl_bayes.methods.{method}.")  # method=x is x.py
+    if cfg.task.dataset not in LOCAL_DATASETS:
+        return
+    if task not in sequences:
+        small = compose_cfg(f"task={task}", "task.train_size=16", "task.n_tasks=2")
+        sequences[task] = instantiate(
+            small.task, root=small.data.root, download=False, device=torch.device("cpu"), seed=0
+        )
+    sequence = sequences[task]
+    scenario = Scenario.parse(cfg.scenario)
+    scenario.check(sequence)
+    try:
+        net = instantiate(cfg.model, in_features=784, head_sizes=scenario.head_sizes(sequence))
+        learner = instantiate(cfg.method)
+        data = labelled(sequence, scenario, 0, "train")
+        learner.before_task(net, 0, learner.training_data(0, [data]))
+    except ConfigError as error:
+        # A model that does not suit the method may be refused, clearly; a method's own
+        # model never is.
+        assert cfg.model._target_ != default_model, error
+        assert "model" in str(error)
+        return
+    assert isinstance(learner, Method)
+    opt = instantiate(cfg.optimizer)(net.parameters())
+    assert isinstance(opt, torch.optim.Optimizer)
+    loss = learner.loss(net, data.subset(torch.arange(8)))
+    assert loss.ndim == 0 and math.isfinite(loss.item())
+    before = [p.detach().clone() for p in net.parameters()]
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, net.parameters(), strict=True))
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epochs=0", r"train\.epochs must be a positive number, got 0"),
+        ("train.epochs=-2", r"train\.epochs must be a positive number"),
+        ("train.epochs=1.5", r"train\.epochs must be a whole number"),
+        ("optimizer.lr=0", r"optimizer\.lr must be a positive number, got 0"),
+        ("optimizer.lr=-0.001", r"optimizer\.lr must be a positive number"),
+        ("train.batch_size=0", r"train\.batch_size .*must be a positive number"),
+        ("model.hidden_sizes=[]", r"model\.hidden_sizes must list at least one positive width"),
+        ("model.hidden_sizes=[16,0]", r"model\.hidden_sizes must list at least one positive"),
+        ("scenario=tasks", r"Unknown scenario 'tasks'\. Valid scenarios: task, domain, class"),
+        ("evaluate_on=val", r"evaluate_on=val needs a validation split: set task\.val_fraction"),
+        ("evaluate_on=train", r"evaluate_on must be 'test' or 'val'"),
+        ("device=tpu", r"device must be auto, cpu, cuda"),
+    ],
+)
+def test_bad_values_fail_before_anything_is_written(override, message, compose_cfg, tmp_path):
+    cfg = compose_cfg(*SMALL, f"results_dir={tmp_path / 'results'}", override)
+    with pytest.raises(ConfigError, match=message) as info:
+        run(cfg, tmp_path / "run")
+    assert "\n" not in str(info.value)  # one line
+    assert not (tmp_path / "run").exists() and not (tmp_path / "results").exists()
+
+
+def test_null_batch_size_means_full_batch_and_is_valid(compose_cfg):
+    check_config(compose_cfg("train.batch_size=null"))
+    check_config(compose_cfg("evaluate_on=val", "task.val_fraction=0.1"))
+
+
+@pytest.mark.parametrize("group, name", [("method", "ewc_typo"), ("task", "split_mnst")])
+def test_unknown_group_options_list_the_valid_ones(group, name, compose_cfg):
+    with pytest.raises(MissingConfigException) as info:
+        compose_cfg(f"{group}={name}")
+    options = METHODS if group == "method" else TASKS
+    for option in options:
+        assert option in str(info.value)
+
+
+def test_instantiate_passes_a_targets_user_errors_through_unwrapped(tmp_path):
+    # Hydra wraps anything a _target_ raises in an InstantiationException whose message is a
+    # repr; the run must surface the user's error itself (the CLI prints it, exit code 2).
+    node = {"_target_": "cl_bayes.data.load_torchvision", "download": False, "device": "cpu"}
+    with pytest.raises(ConfigError, match="Unknown dataset 'SVHN'"):
+        instantiate(node, dataset="SVHN", root=tmp_path)
+    with pytest.raises(DataNotFoundError, match=str(tmp_path)):
+        instantiate(node, dataset="MNIST", root=tmp_path)
+    with pytest.raises(InstantiationException):  # other failures keep Hydra's context
+        instantiate({"_target_": "cl_bayes.models.mlp.MLP", "no_such_argument": 1})

@@ -1,0 +1,99 @@
+"""Resume: a run killed (SIGKILL) after its second task continues to the same R bit for bit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cl_bayes import checkpoint
+from cl_bayes.errors import ConfigError
+from cl_bayes.run import LOCAL_KEYS, run
+from tests.conftest import LONG_ENOUGH, run_cli
+
+
+def _read(path):
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:  # written atomically, so either absent or complete
+        return None
+
+
+def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(tmp_path, reference_cli_run):
+    run_dir, results = tmp_path / "run", tmp_path / "results"
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cl_bayes",
+            *LONG_ENOUGH,
+            f"results_dir={results}",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            record = _read(run_dir / "record.json")
+            if record is not None and record["tasks_completed"] >= 2:
+                break
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    # Killed, not finished on its own (if it finished, make LONG_ENOUGH longer).
+    assert proc.returncode == -signal.SIGKILL
+    killed = _read(run_dir / "record.json")
+    assert killed["status"] == "running"  # a SIGKILL leaves no chance to say otherwise
+    assert 2 <= killed["tasks_completed"] < 5
+    # The checkpoint is written just before the record: it may be one task ahead.
+    k = checkpoint.load(run_dir / checkpoint.CHECKPOINT_NAME)["record"]["tasks_completed"]
+    assert k in (killed["tasks_completed"], killed["tasks_completed"] + 1) and k < 5
+
+    resumed_proc = run_cli(
+        f"resume={run_dir}",
+        f"results_dir={results}",
+        f"hydra.run.dir={tmp_path / 'resume'}",
+        "progress=false",
+        cwd=tmp_path,
+    )
+    out = resumed_proc.stdout + resumed_proc.stderr
+    assert resumed_proc.returncode == 0, out
+    assert f"Resuming {killed['run_id']} after task {k}/5" in out
+    resumed = _read(run_dir / "record.json")
+    assert resumed["run_id"] == killed["run_id"]
+    assert resumed["status"] == "completed" and resumed["tasks_completed"] == 5
+    # The completed tasks were not trained again.
+    done = killed["tasks_completed"]
+    assert resumed["train_seconds"][:done] == killed["train_seconds"]
+    assert len(resumed["train_seconds"]) == 5
+    assert resumed["accuracy_matrix"][:done] == killed["accuracy_matrix"][:done]
+    assert _read(results / "runs" / f"{resumed['run_id']}.json") == resumed
+
+    reference_proc, _, reference_dir, _ = reference_cli_run
+    assert reference_proc.returncode == 0, reference_proc.stdout + reference_proc.stderr
+    reference = _read(reference_dir / "record.json")
+
+    def experiment(config):  # the config minus where things are on this machine
+        return {k: v for k, v in config.items() if k not in LOCAL_KEYS}
+
+    assert experiment(resumed["config"]) == experiment(reference["config"])
+    assert resumed["accuracy_matrix"] == reference["accuracy_matrix"]  # exactly equal
+
+
+def test_resume_from_a_folder_without_a_checkpoint_is_a_clear_error(tiny_cfg, tmp_path):
+    missing = tmp_path / "no_such_run"
+    with pytest.raises(ConfigError, match=f"resume={missing}: no checkpoint at {missing}"):
+        run(tiny_cfg(f"resume={missing}"), tmp_path / "run")
+    assert not (tmp_path / "run").exists() and not missing.exists()
