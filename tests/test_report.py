@@ -1,0 +1,370 @@
+"""The leaderboard: aggregation checked against numbers worked out by hand, then the files."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cl_bayes import report
+from cl_bayes.errors import UserError
+from cl_bayes.report import README_BEGIN, README_END, build_report, main, mean_matrix, mean_std
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+COMMAND = "python -m cl_bayes.report --results R --out O"
+
+
+def make_record(
+    run_id: str,
+    acc: float = 0.9,
+    *,
+    status: str = "completed",
+    task: str = "split_mnist",
+    scenario: str = "task",
+    method: str = "vcl",
+    protocol: str = "p",
+    seed: int = 0,
+    bwt: float | None = -0.01,
+    forgetting: float | None = 0.02,
+    fwt: float | None = None,
+    train_seconds: tuple[float, ...] = (10.0, 20.0),
+    error: str | None = None,
+    **summary_extra,
+) -> dict:
+    """A minimal valid two-task run record whose last row averages to ``acc``."""
+    R = [[0.99, None], [0.98, round(2 * acc - 0.98, 12)]]
+    done = len(train_seconds)
+    return {
+        "run_id": run_id,
+        "status": status,
+        "task": task,
+        "scenario": scenario,
+        "method": method,
+        "protocol": protocol,
+        "seed": seed,
+        "n_tasks": 2,
+        "tasks_completed": done,
+        "accuracy_matrix": R,
+        "summary": {
+            "acc": acc,
+            "bwt": bwt,
+            "forgetting": forgetting,
+            "fwt": fwt,
+            "average_accuracy": [0.99, acc][:done],
+            "tasks": done,
+            **summary_extra,
+        },
+        "train_seconds": list(train_seconds),
+        "error": error,
+    }
+
+
+def write_records(results: Path, *records: dict) -> Path:
+    runs = results / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    for record in records:
+        (runs / f"{record['run_id']}.json").write_text(json.dumps(record))
+    return results
+
+
+def three_seeds(protocol: str = "p", **kwargs) -> list[dict]:
+    """ACC 0.90 / 0.94 / 0.98, BWT -1 / -2 / -3 %, forgetting 1 / 2 / 6 %, 30 / 40 / 50 s."""
+    return [
+        make_record(
+            f"{protocol}-seed{seed}",
+            acc,
+            seed=seed,
+            protocol=protocol,
+            bwt=bwt,
+            forgetting=forgetting,
+            train_seconds=(10.0, seconds - 10.0),
+            **kwargs,
+        )
+        for seed, (acc, bwt, forgetting, seconds) in enumerate(
+            [(0.90, -0.01, 0.01, 30.0), (0.94, -0.02, 0.02, 40.0), (0.98, -0.03, 0.06, 50.0)]
+        )
+    ]
+
+
+def generate(tmp_path: Path, *records: dict, out: str = "out") -> tuple[str, str]:
+    """Write ``records``, build the report; returns (Markdown, HTML)."""
+    results = write_records(tmp_path / "results", *records)
+    build_report(results, tmp_path / out, None, COMMAND)
+    return (
+        (tmp_path / out / "leaderboard.md").read_text(encoding="utf-8"),
+        (tmp_path / out / "leaderboard.html").read_text(encoding="utf-8"),
+    )
+
+
+def rows_of(markdown: str) -> list[str]:
+    """Table rows (not headers or rules) of the leaderboard tables, before the failed runs."""
+    tables = markdown.split("## Failed or incomplete runs")[0]
+    lines = [line for line in tables.splitlines() if line.startswith("| ")]
+    return [line for line in lines if not line.startswith("| #")]
+
+
+# --- arithmetic -------------------------------------------------------------------------------
+
+
+def test_mean_and_sample_std_by_hand():
+    stat = mean_std([0.90, 0.94, 0.98])
+    assert stat.n == 3
+    assert math.isclose(stat.mean, 0.94) and math.isclose(stat.std, 0.04)
+    # 1, 2, 6: mean 3, squared deviations 4 + 1 + 9 = 14, / (n - 1) = 7.
+    assert math.isclose(mean_std([1, 2, 6]).std, math.sqrt(7))
+    assert mean_std([0.5]) == report.Stat(0.5, None, 1)
+    assert mean_std([None, float("nan"), 0.5, True]) == report.Stat(0.5, None, 1)
+    assert mean_std([]) == report.Stat(None, None, 0)
+
+
+def test_mean_matrix_ignores_unmeasured_cells_and_refuses_mixed_sizes():
+    a = [[0.8, None], [0.6, 0.9]]
+    b = [[1.0, 0.5], [0.4, 0.7]]
+    expected = np.array([[0.9, 0.5], [0.5, 0.8]])
+    np.testing.assert_allclose(mean_matrix([a, b]), expected)
+    assert np.isnan(mean_matrix([a, a])[0, 1])
+    assert mean_matrix([a, [[1.0]]]) is None
+
+
+def test_groups_are_ranked_by_task_scenario_then_mean_acc_then_name():
+    records = [
+        make_record("a", 0.80, protocol="low"),
+        make_record("b", 0.95, protocol="zeta"),
+        make_record("c", 0.95, protocol="alpha"),
+        make_record("d", 0.99, scenario="class"),
+        make_record("e", 0.50, task="permuted_mnist", scenario="domain"),
+    ]
+    keys = [(g.key.task, g.key.scenario, g.key.protocol) for g in report.summarize_groups(records)]
+    assert keys == [
+        ("permuted_mnist", "domain", "p"),
+        ("split_mnist", "class", "p"),
+        ("split_mnist", "task", "alpha"),
+        ("split_mnist", "task", "zeta"),
+        ("split_mnist", "task", "low"),
+    ]
+
+
+# --- the Markdown leaderboard -----------------------------------------------------------------
+
+
+def test_table_row_holds_the_hand_computed_means_and_stds(tmp_path):
+    markdown, _ = generate(tmp_path, *three_seeds())
+    # ACC 94.00 ± 4.00; BWT -2.00 ± 1.00; forgetting 3.00 ± sqrt(7) = 2.65; train 40 ± 10 s.
+    assert rows_of(markdown) == [
+        "| 1 | vcl | p | 3 | 94.00 ± 4.00 | -2.00 ± 1.00 | 3.00 ± 2.65 | n/a | 40.0 ± 10.0 s |"
+    ]
+    assert (
+        "| # | Method | Protocol | n | ACC (%) | BWT (%) | Forgetting (%) | FWT (%) |" in markdown
+    )
+    assert "## split_mnist · task-incremental" in markdown
+    assert f"by `{COMMAND}`" in markdown
+    assert "Intransigence" not in markdown and "ECE" not in markdown
+
+
+def test_a_single_run_shows_no_std_and_long_runs_are_in_minutes(tmp_path):
+    markdown, _ = generate(tmp_path, make_record("one", 0.88, train_seconds=(300.0, 420.0)))
+    assert rows_of(markdown) == [
+        "| 1 | vcl | p | 1 | 88.00 ± – | -1.00 ± – | 2.00 ± – | n/a | 12.0 ± – min |"
+    ]
+
+
+def test_failed_interrupted_and_running_runs_are_listed_apart_and_not_averaged(tmp_path):
+    incomplete = [
+        make_record(
+            "p-seed3",
+            0.10,
+            status="failed",
+            seed=3,
+            train_seconds=(5.0,),
+            error="TrainingDiverged: the loss became nan in task 2, epoch 3\nmore detail",
+        ),
+        make_record("p-seed4", 0.20, status="interrupted", seed=4, error="interrupted"),
+        make_record("p-seed5", 0.30, status="running", seed=5, train_seconds=(5.0,)),
+    ]
+    markdown, html_text = generate(tmp_path, *three_seeds(), *incomplete)
+    assert rows_of(markdown)[0].startswith("| 1 | vcl | p | 3 | 94.00 ± 4.00 | -2.00 ± 1.00 |")
+    failed = markdown.split("## Failed or incomplete runs")[1]
+    assert "| Run | Status | Tasks completed | Protocol | Error |" in failed
+    assert (
+        "| p-seed3 | failed | 1/2 | p | TrainingDiverged: the loss became nan in task 2" in failed
+    )
+    assert "more detail" not in failed
+    assert "| p-seed4 | interrupted | 2/2 | p | interrupted |" in failed
+    assert "| p-seed5 | running | 1/2 | p | – |" in failed
+    # Sorted by run id.
+    assert failed.index("p-seed3") < failed.index("p-seed4") < failed.index("p-seed5")
+    assert "Generated from 6 run records" in markdown
+    assert "p-seed5" in html_text
+
+
+def test_groups_are_separated_by_protocol_and_scenario(tmp_path):
+    records = [
+        *three_seeds("p"),
+        make_record("q-seed0", 0.99, protocol="q"),
+        make_record("q-seed1", 0.97, protocol="q", seed=1),
+        make_record("class-seed0", 0.40, scenario="class"),
+    ]
+    markdown, _ = generate(tmp_path, *records)
+    assert markdown.index("## split_mnist · class-incremental") < markdown.index(
+        "## split_mnist · task-incremental"
+    )
+    rows = rows_of(markdown)
+    assert rows[0].startswith("| 1 | vcl | p | 1 | 40.00 ± – |")  # the class table
+    assert rows[1].startswith("| 1 | vcl | q | 2 | 98.00 ± 1.41 |")  # sqrt(2) / 100
+    assert rows[2].startswith("| 2 | vcl | p | 3 | 94.00 ± 4.00 |")
+    assert len(rows) == 3
+
+
+def test_fwt_is_na_when_null_and_averaged_where_defined(tmp_path):
+    records = [
+        make_record("d0", 0.9, scenario="domain", fwt=0.05),
+        make_record("d1", 0.9, scenario="domain", seed=1, fwt=0.07),
+        make_record("t0", 0.9, scenario="task", fwt=None),
+    ]
+    markdown, _ = generate(tmp_path, *records)
+    rows = rows_of(markdown)
+    assert rows[0].endswith("| 6.00 ± 1.41 | 30.0 ± 0.0 s |")  # domain: FWT 5 and 7 %
+    assert rows[1].endswith("| n/a | 30.0 ± – s |")  # task: FWT does not apply
+
+
+def test_intransigence_and_calibration_columns_appear_when_present(tmp_path):
+    records = [
+        make_record("a0", 0.9, intransigence=0.01, ece=0.03, nll=0.2, brier=0.05),
+        make_record("a1", 0.9, seed=1, intransigence=0.03, ece=0.05, nll=0.4),
+    ]
+    markdown, _ = generate(tmp_path, *records)
+    assert "| Intransigence (%) | ECE (%) | NLL (nats) | Brier |" in markdown
+    (row,) = rows_of(markdown)
+    # std of (1, 3) and (3, 5) is sqrt(2); of (0.2, 0.4) sqrt(0.02); Brier from one run only.
+    assert "| 2.00 ± 1.41 | 4.00 ± 1.41 | 0.300 ± 0.141 | 0.0500 ± – (n=1) |" in row
+
+
+def test_regenerating_gives_byte_identical_files(tmp_path):
+    records = [*three_seeds("p"), *three_seeds("q"), make_record("f", status="failed")]
+    first = generate(tmp_path, *records, out="first")
+    second = generate(tmp_path, *records, out="second")
+    assert first == second
+    assert sorted(os.listdir(tmp_path / "first")) == ["leaderboard.html", "leaderboard.md"]
+
+
+def test_a_corrupt_or_foreign_json_file_is_skipped_with_a_warning(tmp_path, caplog):
+    results = write_records(tmp_path / "results", *three_seeds())
+    (results / "runs" / "broken.json").write_text('{"run_id": "half-writ')
+    (results / "runs" / "list.json").write_text("[1, 2]")
+    (results / "runs" / "other.json").write_text('{"run_id": "x", "status": "completed"}')
+    with caplog.at_level(logging.INFO, logger="cl_bayes.report"):
+        build_report(results, tmp_path / "out", None, COMMAND)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 3
+    assert any("broken.json" in w and "not readable as JSON" in w for w in warnings)
+    assert any("list.json" in w and "not a JSON object" in w for w in warnings)
+    assert any("other.json" in w and "no task, scenario" in w for w in warnings)
+    assert "read 3 run records" in caplog.text and "skipped 3" in caplog.text
+    markdown = (tmp_path / "out" / "leaderboard.md").read_text(encoding="utf-8")
+    assert rows_of(markdown)[0].startswith("| 1 | vcl | p | 3 | 94.00 ± 4.00 |")
+
+
+# --- the HTML page ----------------------------------------------------------------------------
+
+
+class PageParser(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images: list[str] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+
+def test_html_is_self_contained_with_base64_png_plots(tmp_path):
+    records = [
+        *three_seeds("p"),
+        *three_seeds("q"),
+        make_record("c0", 0.5, scenario="class"),
+        make_record("f", status="failed"),
+    ]
+    _, page = generate(tmp_path, *records)
+    parser = PageParser()
+    parser.feed(page)
+    parser.close()
+    # Two tables with 2 + 1 groups: 3 heatmaps + 2 x (average accuracy, forgetting).
+    assert len(parser.images) >= 3 + 2 * 2
+    for src in parser.images:
+        prefix = "data:image/png;base64,"
+        assert src.startswith(prefix)
+        assert base64.b64decode(src[len(prefix) :], validate=True).startswith(PNG_SIGNATURE)
+    assert parser.tags.count("table") == 3  # two leaderboards and the failed runs
+    assert "style" in parser.tags
+    assert "script" not in parser.tags and "link" not in parser.tags
+    assert "94.00 ± 4.00" in page
+
+
+# --- command line and README ------------------------------------------------------------------
+
+
+README = "# Project\n\nIntro.\n\n## Leaderboard\n\n{begin}\nold table\n{end}\n\n## After\n"
+
+
+def test_readme_block_is_replaced_and_regenerating_keeps_it(tmp_path):
+    results = write_records(tmp_path / "results", *three_seeds())
+    readme = tmp_path / "README.md"
+    readme.write_text(README.format(begin=README_BEGIN, end=README_END))
+    argv = ["--results", str(results), "--readme", str(readme)]
+    assert main(argv) == 0
+    text = readme.read_text(encoding="utf-8")
+    assert text.startswith("# Project\n\nIntro.\n\n## Leaderboard\n\n" + README_BEGIN + "\n")
+    assert text.endswith(README_END + "\n\n## After\n")
+    block = text.split(README_BEGIN)[1].split(README_END)[0]
+    assert "old table" not in block
+    assert "### split_mnist · task-incremental" in block
+    assert "| 1 | vcl | p | 3 | 94.00 ± 4.00 |" in block
+    assert "Failed or incomplete" not in block
+    assert "python -m cl_bayes.report --results" in block
+    # --out defaults to the results folder.
+    assert (results / "leaderboard.md").is_file() and (results / "leaderboard.html").is_file()
+    assert main(argv) == 0
+    assert readme.read_text(encoding="utf-8") == text
+
+
+def test_readme_without_markers_is_a_clear_error_and_nothing_is_written(tmp_path, caplog):
+    results = write_records(tmp_path / "results", *three_seeds())
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Project\n\n{README_END}\n")
+    with pytest.raises(UserError, match="README.md needs exactly one line <!-- leaderboard:begin"):
+        build_report(results, tmp_path / "out", readme, COMMAND)
+    assert not (tmp_path / "out").exists()
+    assert readme.read_text() == f"# Project\n\n{README_END}\n"
+    assert main(["--results", str(results), "--readme", str(readme)]) == 2
+    assert README_BEGIN in caplog.text and README_END in caplog.text
+
+
+def test_no_records_is_one_clear_error_from_the_command_line(tmp_path):
+    empty = tmp_path / "empty"
+    (empty / "runs").mkdir(parents=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "cl_bayes.report", "--results", str(empty)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "Traceback" not in out
+    assert f"no run records in {empty / 'runs'}" in out
+    assert "python -m cl_bayes task=split_mnist" in out
+    assert sorted(os.listdir(tmp_path)) == ["empty"]
