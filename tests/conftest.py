@@ -97,6 +97,7 @@ def cached_data(monkeypatch, _loaded_datasets, data_root):
 # A run long enough per task (about half a second on 2 idle cores) for the resume test to
 # kill it between tasks, and short enough to keep the suite quick.
 LONG_ENOUGH = [
+    "method=finetune",
     "task.train_size=2000",
     "train.epochs=8",
     "train.batch_size=32",

@@ -36,6 +36,14 @@ SMALL = [
 ]
 
 
+def test_the_default_method_is_vcl_on_a_bayesian_model():
+    cfg = compose_config()
+    assert cfg.method._target_ == "cl_bayes.methods.vcl.VCL"
+    assert cfg.model._target_ == "cl_bayes.models.bayes_mlp.BayesMLP"
+    # Choosing a deterministic method brings back the deterministic network.
+    assert compose_config("method=finetune").model._target_ == "cl_bayes.models.mlp.MLP"
+
+
 def test_the_groups_are_found():
     assert {"split_mnist", "permuted_mnist", "rotated_mnist", "split_cifar10"} <= set(TASKS)
     assert {"finetune", "joint"} <= set(METHODS)

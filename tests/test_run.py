@@ -56,10 +56,11 @@ def read(path):
 
 @pytest.fixture
 def run_tiny(tiny_cfg, tmp_path, cached_data):
-    """``run_tiny(name, *overrides)`` runs in ``tmp_path/name``; returns the record."""
+    """``run_tiny(name, *overrides)`` runs ``method=finetune`` (unless overridden) in
+    ``tmp_path/name``; returns the record. The loop's tests need a quick, plain method."""
 
     def go(name, *overrides):
-        return run(tiny_cfg(*overrides), tmp_path / name)
+        return run(tiny_cfg("method=finetune", *overrides), tmp_path / name)
 
     return go
 
