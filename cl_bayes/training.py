@@ -23,6 +23,7 @@ def fit(
     batch_size: int | None,
     label: str,
     progress: bool = True,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> list[float]:
     """Minimise ``loss(model, batch)`` over ``epochs`` passes of ``data``; returns epoch losses.
 
@@ -30,6 +31,7 @@ def fit(
     every epoch; ``batch_size=None`` (or one at least the data size) takes the whole data
     as one batch. The epoch loss is the example-weighted mean of the batch losses; a NaN or
     infinite one stops training with :class:`TrainingDiverged` naming ``label`` and the epoch.
+    ``on_epoch(epoch, loss)``, when given, is called after every epoch (counted from 0).
     """
     n = len(data)
     batch_size = min(batch_size or n, n)
@@ -58,5 +60,7 @@ def fit(
             )
         bar.set_postfix(loss=f"{epoch_loss:.4f}")
         history.append(epoch_loss)
+        if on_epoch is not None:
+            on_epoch(epoch, epoch_loss)
     bar.close()
     return history
