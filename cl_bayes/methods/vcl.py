@@ -166,6 +166,18 @@ class VCL(Method):
         self.seen_heads = list(state["seen_heads"])
 
     # -- VCL's own pieces ------------------------------------------------------------------
+    @torch.no_grad()
+    def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
+        """The KL part of the current task's negative ELBO, logged after every epoch.
+
+        Not part of the :class:`Method` interface: the loop in ``cl_bayes.run`` hands these
+        to the logger beside the epoch loss for methods that define this function.
+        ``kl``: ``KL(q || prior)`` over the body and the heads trained so far (nats), at the
+        current posterior; ``kl_term``: ``beta * kl / N_t``, its share of the loss.
+        """
+        kl = float(model.kl(self.seen_heads))
+        return {"kl": kl, "kl_term": self.beta * kl / self._n_train}
+
     def neg_elbo(self, model: nn.Module, batch: LabelledData, n_train: int) -> Tensor:
         """``nll + beta * kl / n_train``: nll averaged over samples and examples."""
         sampled = model(batch.x, batch.head, self.train_samples)[..., : batch.n_outputs]
