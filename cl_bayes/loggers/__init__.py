@@ -1,0 +1,1 @@
+"""Experiment trackers (the ``logger=`` group): ``base.Logger`` logs nothing, ``wandb`` W&B."""

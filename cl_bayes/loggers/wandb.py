@@ -1,0 +1,257 @@
+"""Weights & Biases logging: ``python -m cl_bayes logger=wandb [logger.mode=offline]``.
+
+One W&B run per cl_bayes run, whose id and name are the record's ``run_id`` (a resumed run
+continues the same W&B run). What it logs:
+
+- config: the resolved configuration, as in the record;
+- ``train/loss`` after every epoch (VCL also ``train/kl``, ``KL(q || prior)`` in nats, and
+  ``train/kl_term``, its part ``beta * kl / N_t`` of the loss), against ``epoch``, counted
+  over the whole run (epoch ``e`` of task ``t`` is ``t * train.epochs + e``), with ``task``;
+- ``eval/acc_task_<j>`` for every task ``j`` seen so far and ``eval/average_accuracy``
+  after every task, against ``task`` (numbered from 0, as in the record);
+- at the end: the accuracy matrix as ``accuracy_matrix`` (a table: row ``after_task`` i,
+  columns ``task_<j>``) and ``accuracy_heatmap`` (an image); ``acc``, ``bwt``,
+  ``forgetting``, ``fwt`` and ``intransigence`` (where defined), ``tasks_completed`` and
+  ``status`` in the run summary; the record JSON as an artifact of type ``run-record``.
+
+Any error from wandb (not logged in, no network, ...) is logged as one warning and turns W&B
+logging off for the rest of the run, which goes on and writes its record as usual.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import shutil
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from cl_bayes.errors import ConfigError
+from cl_bayes.loggers.base import Logger
+
+log = logging.getLogger(__name__)
+
+MODES = ("online", "offline", "disabled")
+SUMMARY_KEYS = ("acc", "bwt", "forgetting", "fwt", "intransigence")
+RECORD_ARTIFACT_TYPE = "run-record"
+MAX_GROUP_LENGTH = 128  # the W&B server's limit
+
+
+class WandbLogger(Logger):
+    """Mirror a run to Weights & Biases.
+
+    Parameters
+    ----------
+    project, entity
+        W&B project (``cl_bayes``) and entity (``None``: the account's default).
+    group
+        Runs shown together; ``None`` groups the jobs of a Hydra multirun by their sweep
+        directory (its last two parts, e.g. ``2026-11-22/10-00-00``) and leaves single runs
+        ungrouped.
+    tags
+        Labels for filtering runs.
+    mode
+        ``online`` (streams to the server), ``offline`` (writes the run under ``dir`` for
+        ``wandb sync``) or ``disabled`` (nothing, no wandb import).
+    dir
+        Folder that receives W&B's ``wandb/`` folder; ``None``: the run's output directory.
+    """
+
+    def __init__(
+        self,
+        project: str = "cl_bayes",
+        entity: str | None = None,
+        group: str | None = None,
+        tags: Sequence[str] = (),
+        mode: str = "online",
+        dir: str | None = None,
+    ):
+        if mode not in MODES:
+            raise ConfigError(f"logger.mode must be one of {', '.join(MODES)}, got {mode!r}.")
+        if not project or not isinstance(project, str):
+            raise ConfigError(f"logger.project must name a W&B project, got {project!r}.")
+        if isinstance(tags, str) or any(not isinstance(tag, str) or not tag for tag in tags):
+            raise ConfigError(
+                f"logger.tags must be a list of words, e.g. [vcl,tiny], got {tags!r}."
+            )
+        self.project, self.entity, self.group = project, entity, group
+        self.tags, self.mode = [str(tag) for tag in tags], mode
+        self.dir = None if dir is None else Path(dir).expanduser()
+        self._run: Any = None  # the wandb Run while logging works, else None
+        self._epochs_per_task = 1
+
+    @property
+    def active(self) -> bool:
+        """Whether a W&B run is open and working."""
+        return self._run is not None
+
+    def start(self, record: dict[str, Any], output_dir: Path) -> None:
+        """Open the W&B run ``record["run_id"]`` (resumed if it exists) and log the config."""
+        if self.mode == "disabled":
+            return
+        with self._guard("starting the W&B run"):
+            import wandb
+
+            self._epochs_per_task = record["config"]["train"]["epochs"]
+
+            directory = self.dir if self.dir is not None else output_dir
+            directory.mkdir(parents=True, exist_ok=True)
+            self._run = wandb.init(
+                project=self.project,
+                entity=self.entity,
+                group=self.group or sweep_group(),
+                tags=self.tags,
+                mode=self.mode,
+                dir=str(directory),
+                id=record["run_id"],
+                name=record["run_id"],
+                job_type=record["method"],
+                config=record["config"],
+                # Several runs in one process (a Hydra multirun) each get their own W&B run.
+                reinit="create_new",
+                resume="allow",
+            )
+            self._run.define_metric("train/*", step_metric="epoch")
+            self._run.define_metric("eval/*", step_metric="task")
+
+    def log_epoch(self, task_id: int, epoch: int, metrics: Mapping[str, float]) -> None:
+        """Log ``train/<name>`` for each of ``metrics`` at the run-wide epoch."""
+        if self._run is None:
+            return
+        with self._guard("logging an epoch"):
+            self._run.log(
+                {
+                    **{f"train/{name}": float(value) for name, value in metrics.items()},
+                    "task": task_id,
+                    "epoch": task_id * self._epochs_per_task + epoch,
+                }
+            )
+
+    def log_task(self, task_id: int, accuracy_matrix: np.ndarray) -> None:
+        """Log the accuracy on every task seen so far, and their mean, at ``task_id``."""
+        if self._run is None:
+            return
+        seen = np.asarray(accuracy_matrix, dtype=float)[task_id, : task_id + 1]
+        with self._guard("logging a task's evaluation"):
+            self._run.log(
+                {
+                    **{f"eval/acc_task_{j}": float(a) for j, a in enumerate(seen)},
+                    "eval/average_accuracy": float(seen.mean()),
+                    "task": task_id,
+                }
+            )
+
+    def finish(self, record: dict[str, Any]) -> None:
+        """Log the matrix, the summary metrics and the record artifact, then close the run."""
+        if self._run is None:
+            return
+        with self._guard("logging the final results"):
+            self._log_results(record)
+        run, self._run = self._run, None
+        if run is not None:
+            with self._guard("closing the W&B run"):
+                run.finish(exit_code=0 if record["status"] == "completed" else 1)
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _log_results(self, record: dict[str, Any]) -> None:
+        import wandb
+
+        R = np.array(record["accuracy_matrix"], dtype=float)  # JSON nulls become NaN
+        done = R[: record["tasks_completed"]]
+        if len(done):
+            self._run.log(
+                {
+                    "accuracy_matrix": wandb.Table(
+                        columns=["after_task"] + [f"task_{j}" for j in range(R.shape[1])],
+                        data=[
+                            [i] + [None if math.isnan(a) else float(a) for a in row]
+                            for i, row in enumerate(done)
+                        ],
+                    ),
+                    "accuracy_heatmap": wandb.Image(
+                        accuracy_heatmap(done), caption="accuracy (%) on task j after task i"
+                    ),
+                }
+            )
+        self._run.summary.update(summary_metrics(record))
+        # A copy beside W&B's own files: the artifact keeps this version even if the run is
+        # resumed and its record rewritten before `wandb sync`.
+        snapshot = Path(self._run.dir).parent / "record.json"
+        shutil.copyfile(record["record_path"], snapshot)
+        artifact = wandb.Artifact(record["run_id"], type=RECORD_ARTIFACT_TYPE)
+        artifact.add_file(str(snapshot), name="record.json", policy="immutable", skip_cache=True)
+        self._run.log_artifact(artifact)
+
+    @contextlib.contextmanager
+    def _guard(self, action: str) -> Iterator[None]:
+        """Turn any error of ``action`` into one warning and W&B logging off for this run."""
+        try:
+            yield
+        except Exception as error:
+            log.warning(
+                f"W&B logging is off for the rest of this run: {action} failed "
+                f"({type(error).__name__}: {error}). The run goes on; its record is written "
+                f"as usual."
+            )
+            run, self._run = self._run, None
+            if run is not None:  # release what the broken run holds; it is marked failed
+                with contextlib.suppress(Exception):
+                    run.finish(exit_code=1)
+
+
+def sweep_group() -> str | None:
+    """In a Hydra multirun, the sweep directory's last two parts; ``None`` otherwise.
+
+    Hydra's default sweep directory is ``multirun/<date>/<time>``, so every job of one sweep
+    gets the same group, e.g. ``2026-11-22/10-00-00``, and two sweeps never share one.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return None
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    return "/".join(Path(hydra_cfg.sweep.dir).parts[-2:])[-MAX_GROUP_LENGTH:]
+
+
+def summary_metrics(record: dict[str, Any]) -> dict[str, Any]:
+    """The record's summary metrics that are defined, with its status and tasks completed."""
+    summary = {"status": record["status"], "tasks_completed": record["tasks_completed"]}
+    for key in SUMMARY_KEYS:
+        value = record["summary"].get(key)
+        if value is not None and math.isfinite(value):
+            summary[key] = float(value)
+    return summary
+
+
+def accuracy_heatmap(R: np.ndarray) -> np.ndarray:
+    """The accuracy matrix ``(k, T)`` as an RGB image ``(height, width, 3)``, uint8.
+
+    Drawn with matplotlib's Agg canvas directly (no pyplot: no global figure state).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    k, T = R.shape
+    figure = Figure(figsize=(1.5 + 0.7 * T, 1.0 + 0.55 * k), dpi=100, layout="constrained")
+    axes = figure.add_subplot()
+    image = axes.imshow(np.ma.masked_invalid(100 * R), vmin=0, vmax=100, cmap="viridis")
+    if T <= 20:
+        for i in range(k):
+            for j in range(T):
+                if not math.isnan(R[i, j]):
+                    colour = "black" if R[i, j] > 0.6 else "white"
+                    axes.text(j, i, f"{100 * R[i, j]:.1f}", ha="center", va="center", color=colour)
+    axes.set_xticks(range(T))
+    axes.set_yticks(range(k))
+    axes.set_xlabel("tested on task j")
+    axes.set_ylabel("after training task i")
+    figure.colorbar(image, ax=axes, label="accuracy (%)")
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
