@@ -27,6 +27,7 @@ from cl_bayes import checkpoint
 from cl_bayes.config import check_config, instantiate
 from cl_bayes.data import TaskSequence
 from cl_bayes.errors import ConfigError, TrainingDiverged
+from cl_bayes.loggers.base import Logger
 from cl_bayes.methods.base import LabelledData, Method
 from cl_bayes.record import (
     RECORD_NAME,
@@ -41,9 +42,9 @@ from cl_bayes.training import fit
 
 log = logging.getLogger(__name__)
 
-# Keys that say where things are on this machine rather than what the experiment is:
+# Keys that say where things are (or are logged) rather than what the experiment is:
 # a resumed run takes them from its own command line, everything else from the checkpoint.
-LOCAL_KEYS = ("data", "results_dir", "progress", "resume", "device")
+LOCAL_KEYS = ("data", "results_dir", "progress", "resume", "device", "logger")
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -76,6 +77,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     ).to(device)
     method: Method = instantiate(cfg.method)
     method_name = type(method).__module__.rsplit(".", 1)[-1]
+    logger: Logger = instantiate(cfg.logger)
 
     if state is None:
         record = _new_record(cfg, sequence, scenario, method_name, device, T)
@@ -118,11 +120,12 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
 
     previous_handler = _handle_sigterm()
     try:
+        logger.start(record, output_dir)
         for t in range(record["tasks_completed"], T):
             data = method.training_data(t, train_sets)
             method.before_task(model, t, data)
             started = time.perf_counter()
-            train_task(cfg, method, model, data, t, T)
+            train_task(cfg, method, model, data, t, T, logger)
             method.after_task(model, t, data)
             record["train_seconds"].append(time.perf_counter() - started)
 
@@ -151,6 +154,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
                 },
             )
             save_record("running")
+            logger.log_task(t, R)
         save_record("completed")
     except TrainingDiverged as error:
         save_record("failed", str(error))
@@ -163,17 +167,33 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         raise
     finally:
         _restore_sigterm(previous_handler)
+        logger.finish(record)
     log.info(format_report(record))
     return record
 
 
 def train_task(
-    cfg: DictConfig, method: Method, model: torch.nn.Module, data: LabelledData, t: int, T: int
+    cfg: DictConfig,
+    method: Method,
+    model: torch.nn.Module,
+    data: LabelledData,
+    t: int,
+    T: int,
+    logger: Logger | None = None,
 ) -> list[float]:
-    """Train ``model`` on ``data`` with ``method.loss`` and a fresh optimiser; epoch losses."""
+    """Train ``model`` on ``data`` with ``method.loss`` and a fresh optimiser; epoch losses.
+
+    An active ``logger`` gets every epoch's loss, with the method's ``epoch_metrics(model)``
+    where it has them (VCL: its KL term).
+    """
     if len(data) == 0:
         log.info(f"task {t + 1}/{T}: {type(method).__name__} trains on no data of this task")
         return []
+
+    def log_epoch(epoch: int, loss: float) -> None:
+        extra = method.epoch_metrics(model) if hasattr(method, "epoch_metrics") else {}
+        logger.log_epoch(t, epoch, {"loss": loss, **extra})
+
     return fit(
         model,
         data,
@@ -183,6 +203,7 @@ def train_task(
         cfg.train.batch_size,
         label=f"task {t + 1}/{T}",
         progress=cfg.progress,
+        on_epoch=log_epoch if logger is not None and logger.active else None,
     )
 
 
