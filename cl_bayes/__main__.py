@@ -18,12 +18,23 @@ log = logging.getLogger("cl_bayes")
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    """Run the experiment ``cfg`` describes; a user error is logged as one line, exit code 2."""
+    """Run the experiment ``cfg`` describes.
+
+    A user error is logged as one line (exit code 2); Ctrl-C or SIGTERM as one line saying how
+    to continue (exit code 130). The run record is written in both cases.
+    """
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        record = run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        record = run(cfg, output_dir)
     except UserError as error:
         log.error(f"error: {error}")
         sys.exit(2)
+    except KeyboardInterrupt as error:
+        log.error(
+            f"interrupted ({error or 'Ctrl-C'}): the record keeps the completed tasks; "
+            f"continue with resume={cfg.resume or output_dir}"
+        )
+        sys.exit(130)
     return record["summary"].get("acc")
 
 

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
-from tests.conftest import TINY, run_cli
+from tests.conftest import LONG_ENOUGH, TINY, run_cli
 
 
 def _output(proc) -> str:
@@ -84,3 +89,31 @@ def test_missing_data_names_the_folder_without_a_traceback(tmp_path):
     assert str(empty.resolve() / "MNIST" / "raw" / "train-images-idx3-ubyte") in out
     assert "CL_BAYES_DATA" in out and "data.root=" in out
     assert "\\n" not in out  # the message itself, not its repr
+
+
+def test_sigterm_ends_the_run_with_one_line_and_an_interrupted_record(tmp_path):
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cl_bayes", *LONG_ENOUGH]
+        + [f"results_dir={tmp_path / 'results'}", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not (run_dir / "checkpoint.pt").exists():
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out
+    assert "Traceback" not in out
+    assert f"interrupted (signal {signal.SIGTERM.value})" in out
+    assert f"continue with resume={run_dir}" in out
+    record = json.loads((run_dir / "record.json").read_text())
+    assert record["status"] == "interrupted" and record["tasks_completed"] >= 1
