@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -39,14 +40,15 @@ VCL_RUN = ["method=vcl", "task.n_tasks=2", "method.train_samples=2", "method.pre
 
 # -- reading a run file back -------------------------------------------------------------------
 def read_records(path: Path) -> list[wandb_internal_pb2.Record]:
-    """The records of a ``run-<id>.wandb`` file, in order.
+    """The complete records of a ``run-<id>.wandb`` file, in order.
 
     wandb 0.31 reads these files in its Go core only (the Python ``DataStore`` is gone), so
     this follows the format it writes: a 7-byte header (``:W&B``, magic ``0xBEE1``, version
     0), then LevelDB's log format (github.com/google/leveldb, ``doc/log_format.md``) with
     zlib's CRC-32: 32 KiB blocks of chunks, each ``crc (uint32), length (uint16), kind
     (uint8)`` before its data; a record is one FULL chunk (1) or FIRST (2), MIDDLE (3)...,
-    LAST (4); a block's last 6 bytes or fewer are padding.
+    LAST (4); a block's last 6 bytes or fewer are padding. Stops before a record that is not
+    all written yet.
     """
     data = path.read_bytes()
     assert struct.unpack("<4sHB", data[:7]) == (b":W&B", 0xBEE1, 0)
@@ -57,7 +59,7 @@ def read_records(path: Path) -> list[wandb_internal_pb2.Record]:
             continue
         crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         chunk = data[pos + 7 : pos + 7 + length]
-        if kind == 0:  # zero padding: the file ends within this block
+        if kind == 0 or len(chunk) < length:  # zero padding, or a chunk still being written
             break
         assert zlib.crc32(bytes([kind]) + chunk) == crc, f"corrupt chunk at byte {pos}"
         parts.append(chunk)
@@ -67,7 +69,6 @@ def read_records(path: Path) -> list[wandb_internal_pb2.Record]:
             record.ParseFromString(b"".join(parts))
             records.append(record)
             parts = []
-    assert not parts, "the file ends inside a record"
     return records
 
 
@@ -82,10 +83,17 @@ def _items(items) -> dict:
 class RunFile:
     """What one offline W&B run recorded."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, timeout: float = 30):
         (self.path,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")  # exactly one
         self.folder = self.path.parent
+        # `Run.finish()` returns once the exit record is handled; wandb's service writes out
+        # and closes the file just after, so wait for the exit record to be on disk.
+        deadline = time.monotonic() + timeout
         self.records = read_records(self.path)
+        while not any(r.HasField("exit") for r in self.records):
+            assert time.monotonic() < deadline, f"{self.path} has no exit record after {timeout} s"
+            time.sleep(0.05)
+            self.records = read_records(self.path)
         kinds = [r.WhichOneof("record_type") for r in self.records]
         (self.run,) = [r.run for r, kind in zip(self.records, kinds, strict=True) if kind == "run"]
         self.config = _items(self.run.config.update)
