@@ -6,6 +6,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from cl_bayes.allocator import keep_freed_memory
@@ -21,13 +22,19 @@ def main(cfg: DictConfig) -> float | None:
     """Run the experiment ``cfg`` describes.
 
     A user error is logged as one line (exit code 2); Ctrl-C or SIGTERM as one line saying how
-    to continue (exit code 130). The run record is written in both cases.
+    to continue (exit code 130). The run record is written in both cases. In a multirun sweep
+    a user error fails its own job only: Hydra runs the other jobs and reports the failure
+    at the end.
     """
-    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    hydra_config = HydraConfig.get()
+    output_dir = Path(hydra_config.runtime.output_dir)
     try:
         record = run(cfg, output_dir)
     except UserError as error:
         log.error(f"error: {error}")
+        if hydra_config.mode == RunMode.MULTIRUN:
+            # Re-raised without the frames below, so the sweep's final report stays short.
+            raise UserError(f"job {hydra_config.job.num} failed: {error}") from None
         sys.exit(2)
     except KeyboardInterrupt as error:
         log.error(

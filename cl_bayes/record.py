@@ -40,6 +40,8 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file private (0600); records are shared results, e.g. on a cluster.
+        os.fchmod(fd, 0o644)
         with os.fdopen(fd, "w") as handle:
             json.dump(_json_safe(data), handle, indent=1, allow_nan=False)
             handle.flush()
@@ -78,6 +80,7 @@ def git_commit() -> str | None:
 
 def versions() -> dict[str, str | None]:
     """Versions of Python, the main packages and the git commit of cl_bayes (or ``None``)."""
+
     def version(package: str) -> str | None:
         try:
             return metadata.version(package)

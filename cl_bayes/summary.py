@@ -61,8 +61,7 @@ def format_report(record: dict[str, Any]) -> str:
         if "intransigence" in summary:
             names.append(("Intransigence", "intransigence"))
         lines.append(
-            "  ".join(f"{label}={_pct(summary.get(key)).strip()}" for label, key in names)
-            + " (%)"
+            "  ".join(f"{label}={_pct(summary.get(key)).strip()}" for label, key in names) + " (%)"
         )
     lines.append(
         f"train {sum(record['train_seconds']):.1f} s, eval {sum(record['eval_seconds']):.1f} s"

@@ -117,3 +117,22 @@ def test_sigterm_ends_the_run_with_one_line_and_an_interrupted_record(tmp_path):
     assert f"continue with resume={run_dir}" in out
     record = json.loads((run_dir / "record.json").read_text())
     assert record["status"] == "interrupted" and record["tasks_completed"] >= 1
+
+
+def test_a_bad_job_fails_alone_in_a_sweep(tmp_path):
+    proc = run_cli(
+        "-m",
+        *TINY,
+        "method=finetune",
+        "train.epochs=0,1",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        f"results_dir={tmp_path / 'results'}",
+        cwd=tmp_path,
+    )
+    out = _output(proc)
+    assert proc.returncode != 0, out
+    assert "job 0 failed: train.epochs must be a positive number, got 0." in out
+    # The good job still ran to the end and kept its record.
+    (record_path,) = (tmp_path / "results" / "runs").iterdir()
+    record = json.loads(record_path.read_text())
+    assert record["status"] == "completed" and record["config"]["train"]["epochs"] == 1

@@ -106,6 +106,8 @@ def test_a_tiny_run_writes_a_complete_record(run_tiny, tmp_path):
     on_disk = read(tmp_path / "run" / "record.json")
     collected = read(tmp_path / "results" / "runs" / f"{record['run_id']}.json")
     assert on_disk == collected
+    # Readable by others too (a shared results folder on a cluster), not mkstemp's 0600.
+    assert (tmp_path / "run" / "record.json").stat().st_mode & 0o777 == 0o644
     assert on_disk["status"] == "completed"
     assert np.array_equal(matrix(on_disk), R, equal_nan=True)
     assert on_disk["record_path"] == str(tmp_path / "run" / "record.json")
