@@ -41,3 +41,4 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/finetune_epoch.py
+	$(VENV)/bin/python benchmarks/vcl_epoch.py
