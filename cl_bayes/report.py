@@ -2,11 +2,11 @@
 
 ``python -m cl_bayes.report [--results DIR] [--out DIR] [--readme PATH]`` reads every run
 record ``DIR/runs/*.json`` (see ``cl_bayes.record``; ``DIR`` defaults to ``results``),
-groups the completed runs by (task, scenario, method, protocol) and writes, in ``--out``
-(default ``DIR``):
+groups the completed runs by (task, scenario, method, protocol, configuration) and writes, in
+``--out`` (default ``DIR``):
 
-- ``leaderboard.md``: one table per (task, scenario), best mean ACC first, then the failed,
-  interrupted and still-running runs, which are listed apart and never averaged in;
+- ``leaderboard.md``: one table per (task, scenario), best mean ACC first, then the runs not
+  averaged in (failed, interrupted, still running, or superseded by a newer run of their seed);
 - ``leaderboard.html``: the same tables and, as PNG images embedded in the page, the mean
   accuracy matrix of each group, the average accuracy after each task and the forgetting of
   each group.
@@ -14,15 +14,24 @@ groups the completed runs by (task, scenario, method, protocol) and writes, in `
 ``--readme PATH`` also puts the tables between the lines ``<!-- leaderboard:begin -->`` and
 ``<!-- leaderboard:end -->`` of a Markdown file.
 
-A table cell is ``mean ± std`` over the runs of a group (one per seed), ``std`` being the
-sample standard deviation (``ddof=1``). A group of a single run shows ``–`` in place of the
-std, which is not defined for one value. ACC, BWT, forgetting, FWT, intransigence and ECE are
-in percent, as ``cl_bayes.summary`` prints them; NLL (nats) and the Brier score keep their
-units, and any other number a record's ``summary`` holds gets a column of its own. ``n/a``
-marks a metric that does not apply (FWT where a task's outputs are untrained before it, any
-metric of a single-task run). A metric that only some runs of a group have is averaged over
-those, and the cell says over how many: ``(n=2)``. Train time is the sum of
-``train_seconds`` over the tasks of a run, averaged over the runs.
+The configuration of a run is told by a fingerprint: the first 6 hex digits of the SHA-1 of
+its record's ``config`` as sorted JSON, leaving out ``seed``, ``hydra`` and the keys that say
+where things are rather than what the experiment is (``cl_bayes.run.LOCAL_KEYS``, at any depth:
+``method.progress`` is ``${progress}``). Runs of one protocol with different settings (e.g.
+``+experiment=vcl_split_mnist train.epochs=1``) thus form groups of their own; the Protocol
+cell shows the fingerprint, ``vcl_split_mnist (config 3f2a1c)``, only where one (task,
+scenario, method, protocol) has several. A group averages one run per seed: of several
+completed runs with the same seed, the newest (latest ``updated_at``, then greatest
+``run_id``) is kept and the others are listed apart as ``superseded``, with a warning.
+
+A table cell is ``mean ± std`` over the runs of a group, ``std`` being the sample standard
+deviation (``ddof=1``). A group of a single run shows ``–`` in place of the std, which is not
+defined for one value. ACC, BWT, forgetting, FWT and intransigence are in percent, as
+``cl_bayes.summary`` prints them; any other number a record's ``summary`` holds gets a column
+of its own, in its own units. ``n/a`` marks a metric that does not apply (FWT where a task's
+outputs are untrained before it, any metric of a single-task run). A metric that only some
+runs of a group have is averaged over those, and the cell says over how many: ``(n=2)``.
+Train time is the sum of ``train_seconds`` over the tasks of a run, averaged over the runs.
 
 The arithmetic (grouping and aggregation) lives in small pure functions, apart from the
 rendering. The files depend only on the records and on the command line, so regenerating them
@@ -33,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import html
 import io
 import json
@@ -52,9 +62,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from tqdm.auto import tqdm
 
 from cl_bayes.errors import UserError
+from cl_bayes.run import LOCAL_KEYS
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +77,16 @@ SCENARIO_NAMES = {
 }
 # Summary entries that are not metrics to average.
 NOT_METRICS = {"tasks", "average_accuracy"}
-# Show a progress bar while reading at least this many records.
-PROGRESS_FROM = 200
+# Top-level config keys the fingerprint leaves out, besides LOCAL_KEYS (left out at any depth).
+NOT_FINGERPRINTED_TOP = frozenset({"seed", "hydra"})
 LEGEND = (
-    "Mean ± sample standard deviation over the runs of each group (one per seed); "
-    "n: number of runs; – in place of the std where a group has a single run. "
-    "ACC, BWT, forgetting, FWT and intransigence in % (formulas in cl_bayes/metrics.py); "
-    "n/a: not applicable. Failed, interrupted and running runs are listed apart and never "
-    "averaged in."
+    "A row is a group: the completed runs of one task, scenario, method, protocol and "
+    "configuration (its fingerprint is shown as (config …) where one protocol was run with "
+    "different settings). Mean ± sample standard deviation over the runs of the group, one "
+    "per seed (the newest where a seed was run again); n: number of runs; – in place of the "
+    "std where a group has a single run. ACC, BWT, forgetting, FWT and intransigence in % "
+    "(formulas in cl_bayes/metrics.py); n/a: not applicable. Failed, interrupted, running "
+    "and superseded runs are listed apart and never averaged in."
 )
 
 
@@ -94,21 +106,22 @@ METRICS = (
     Metric("forgetting", "Forgetting (%)"),
     Metric("fwt", "FWT (%)"),
     Metric("intransigence", "Intransigence (%)"),
-    Metric("ece", "ECE (%)"),
-    Metric("nll", "NLL (nats)", 1.0, ".3f"),
-    Metric("brier", "Brier", 1.0, ".4f"),
 )
 # Shown in every table, as n/a where no run has them; the others only where some run has them.
 ALWAYS_SHOWN = ("acc", "bwt", "forgetting", "fwt")
 
 
 class GroupKey(NamedTuple):
-    """What makes runs comparable: the same task sequence, scenario, method and protocol."""
+    """What makes runs comparable: task sequence, scenario, method, protocol, configuration.
+
+    ``config`` is the fingerprint of the record's configuration (:func:`config_fingerprint`).
+    """
 
     task: str
     scenario: str
     method: str
     protocol: str
+    config: str
 
 
 @dataclass(frozen=True)
@@ -131,16 +144,17 @@ class GroupSummary:
     (accuracies as fractions). ``mean_matrix`` is the ``(T, T)`` mean accuracy matrix, ``nan``
     where unmeasured; ``average_accuracy`` holds the mean and std (``None`` for one run) of the
     average accuracy after each task, shape ``(T,)``. Both are ``None`` when the runs differ in
-    their number of tasks.
+    their number of tasks. ``show_config`` is true where other groups share the key's task,
+    scenario, method and protocol, so that the configuration fingerprint tells them apart.
     """
 
     key: GroupKey
     run_ids: tuple[str, ...]
-    seeds: tuple[Any, ...]
     stats: dict[str, Stat]
     train_seconds: Stat
     mean_matrix: np.ndarray | None
     average_accuracy: tuple[np.ndarray, np.ndarray | None] | None
+    show_config: bool = False
 
     @property
     def n(self) -> int:
@@ -148,9 +162,25 @@ class GroupSummary:
         return len(self.run_ids)
 
     @property
+    def protocol_label(self) -> str:
+        """The protocol, with the configuration fingerprint where it is needed."""
+        if self.show_config:
+            return f"{self.key.protocol} (config {self.key.config})"
+        return self.key.protocol
+
+    @property
     def label(self) -> str:
         """Method and protocol, as plots name the group."""
-        return f"{self.key.method} · {self.key.protocol}"
+        return f"{self.key.method} · {self.protocol_label}"
+
+
+@dataclass(frozen=True)
+class NotAveraged:
+    """A run listed apart from the tables: its record, the status shown and why."""
+
+    record: dict[str, Any]
+    status: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -187,16 +217,8 @@ def read_records(runs_dir: Path) -> tuple[list[dict[str, Any]], int]:
     Each file that cannot be read, is not JSON or is not a run record is skipped with a
     warning naming it.
     """
-    paths = sorted(runs_dir.glob("*.json"))
     records, skipped = [], 0
-    progress = tqdm(
-        paths,
-        desc="reading records",
-        unit="record",
-        leave=False,
-        disable=len(paths) < PROGRESS_FROM,
-    )
-    for path in progress:
+    for path in sorted(runs_dir.glob("*.json")):
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -229,9 +251,40 @@ def mean_std(values: Iterable[Any]) -> Stat:
     return Stat(float(numbers.mean()), std, len(numbers))
 
 
+def experiment_config(config: Any, top: bool = True) -> Any:
+    """``config`` without what is local to a machine or varies between seeds.
+
+    Drops :data:`cl_bayes.run.LOCAL_KEYS` at every depth (e.g. ``method.progress``, which is
+    ``${progress}``) and, at the top, ``seed`` and ``hydra``.
+    """
+    if isinstance(config, dict):
+        dropped = set(LOCAL_KEYS) | (NOT_FINGERPRINTED_TOP if top else set())
+        return {k: experiment_config(v, False) for k, v in config.items() if k not in dropped}
+    if isinstance(config, list):
+        return [experiment_config(v, False) for v in config]
+    return config
+
+
+def config_fingerprint(config: Any) -> str:
+    """First 6 hex digits of the SHA-1 of :func:`experiment_config` as sorted JSON.
+
+    ``none`` for a record without a ``config`` object.
+    """
+    if not isinstance(config, dict):
+        return "none"
+    text = json.dumps(experiment_config(config), sort_keys=True)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:6]
+
+
 def group_key(record: dict[str, Any]) -> GroupKey:
     """The group a completed record belongs to."""
-    return GroupKey(*(str(record[name]) for name in GroupKey._fields))
+    names = GroupKey._fields[:-1]
+    return GroupKey(*(str(record[n]) for n in names), config_fingerprint(record.get("config")))
+
+
+def group_name(key: GroupKey) -> str:
+    """``task/scenario/method/protocol/config``, as warnings name a group."""
+    return "/".join(key)
 
 
 def split_by_status(
@@ -249,6 +302,40 @@ def group_runs(records: Sequence[dict[str, Any]]) -> dict[GroupKey, list[dict[st
     for record in records:
         groups[group_key(record)].append(record)
     return dict(groups)
+
+
+def newest(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The run updated last: greatest ``updated_at``, then greatest ``run_id``.
+
+    ``updated_at`` is ISO 8601 in UTC (``cl_bayes.record.utc_now``), so its text sorts by time.
+    """
+    return max(runs, key=lambda r: (str(r.get("updated_at") or ""), str(r["run_id"])))
+
+
+def drop_repeated_seeds(
+    groups: dict[GroupKey, list[dict[str, Any]]],
+) -> tuple[dict[GroupKey, list[dict[str, Any]]], list[NotAveraged]]:
+    """Per group, one run per seed: the :func:`newest`; the others are ``superseded``.
+
+    Runs without a seed are all kept. Returns the groups (runs in their order) and the
+    superseded runs, each with a reason naming the run kept in its place.
+    """
+    kept_groups, superseded = {}, []
+    for key, runs in groups.items():
+        by_seed: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for run in runs:
+            if run.get("seed") is not None:
+                by_seed[json.dumps(run["seed"])].append(run)
+        dropped = set()
+        for seed, same_seed in by_seed.items():
+            kept = newest(same_seed)
+            for run in same_seed:
+                if run is not kept:
+                    dropped.add(id(run))
+                    reason = f"seed {seed} run again: the newer run {kept['run_id']} is averaged"
+                    superseded.append(NotAveraged(run, "superseded", reason))
+        kept_groups[key] = [run for run in runs if id(run) not in dropped]
+    return kept_groups, superseded
 
 
 def mean_matrix(matrices: Sequence[Any]) -> np.ndarray | None:
@@ -282,7 +369,9 @@ def mean_curve(curves: Sequence[Any]) -> tuple[np.ndarray, np.ndarray | None] | 
     return stack.mean(axis=0), std
 
 
-def aggregate(key: GroupKey, runs: Sequence[dict[str, Any]]) -> GroupSummary:
+def aggregate(
+    key: GroupKey, runs: Sequence[dict[str, Any]], show_config: bool = False
+) -> GroupSummary:
     """Summary of the completed ``runs`` of group ``key`` (see :class:`GroupSummary`)."""
     runs = sorted(runs, key=lambda r: str(r["run_id"]))
     summaries = [r["summary"] for r in runs]
@@ -292,11 +381,11 @@ def aggregate(key: GroupKey, runs: Sequence[dict[str, Any]]) -> GroupSummary:
     return GroupSummary(
         key=key,
         run_ids=tuple(str(r["run_id"]) for r in runs),
-        seeds=tuple(r.get("seed") for r in runs),
         stats={k: mean_std(s.get(k) for s in summaries) for k in sorted(keys)},
         train_seconds=mean_std(total_seconds(r.get("train_seconds")) for r in runs),
         mean_matrix=mean_matrix([r["accuracy_matrix"] for r in runs]),
         average_accuracy=mean_curve([s.get("average_accuracy") for s in summaries]),
+        show_config=show_config,
     )
 
 
@@ -308,14 +397,20 @@ def total_seconds(seconds: Any) -> float | None:
 
 
 def rank_key(group: GroupSummary) -> tuple:
-    """Sort key: task, scenario, mean ACC descending (missing last), method, protocol."""
+    """Sort key: task, scenario, mean ACC descending (missing last), method, protocol, config."""
     acc = group.stats["acc"].mean
     return (group.key.task, group.key.scenario, acc is None, -(acc or 0.0), *group.key[2:])
 
 
-def summarize_groups(completed: Sequence[dict[str, Any]]) -> list[GroupSummary]:
-    """Aggregate every group of ``completed`` runs, in leaderboard order (see :func:`rank_key`)."""
-    return sorted((aggregate(k, runs) for k, runs in group_runs(completed).items()), key=rank_key)
+def summarize_groups(groups: dict[GroupKey, list[dict[str, Any]]]) -> list[GroupSummary]:
+    """Aggregate every group, in leaderboard order (see :func:`rank_key`).
+
+    A group shows its configuration fingerprint where another group has the same task,
+    scenario, method and protocol.
+    """
+    configs = Counter(key[:-1] for key in groups)
+    summaries = (aggregate(k, runs, configs[k[:-1]] > 1) for k, runs in groups.items())
+    return sorted(summaries, key=rank_key)
 
 
 def sections(
@@ -329,17 +424,13 @@ def sections(
 
 
 def group_warnings(group: GroupSummary) -> list[str]:
-    """What a reader of ``group``'s numbers should know: repeated seeds, mixed lengths."""
-    name, warnings = "/".join(group.key), []
-    repeated = sorted(str(s) for s, count in Counter(group.seeds).items() if count > 1)
-    if repeated:
-        warnings.append(f"{name} has several runs with seed {', '.join(repeated)}: all averaged in")
+    """What a reader of ``group``'s numbers should know: mixed numbers of tasks."""
     if group.mean_matrix is None or group.average_accuracy is None:
-        warnings.append(
-            f"{name} mixes runs of different numbers of tasks (or lacks their accuracy curves): "
-            "its accuracy matrix and curve are left out of the plots"
-        )
-    return warnings
+        return [
+            f"{group_name(group.key)} mixes runs of different numbers of tasks (or lacks their "
+            "accuracy curves): its accuracy matrix and curve are left out of the plots"
+        ]
+    return []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,7 +474,7 @@ def leaderboard_table(groups: Sequence[GroupSummary]) -> Table:
         [
             str(rank),
             g.key.method,
-            g.key.protocol,
+            g.protocol_label,
             str(g.n),
             *(format_stat(g.stats.get(m.key), m, g.n) for m in metrics),
             format_duration(g.train_seconds),
@@ -394,15 +485,30 @@ def leaderboard_table(groups: Sequence[GroupSummary]) -> Table:
     return Table(header, rows, numeric)
 
 
-def incomplete_table(records: Sequence[dict[str, Any]]) -> Table:
-    """Failed, interrupted and running runs: id, status, tasks completed, protocol, error."""
-    rows = []
-    for r in records:
-        done = f"{r.get('tasks_completed', '?')}/{r.get('n_tasks', '?')}"
+def not_averaged(
+    incomplete: Sequence[dict[str, Any]], superseded: Sequence[NotAveraged]
+) -> list[NotAveraged]:
+    """The runs listed apart, sorted by run id.
+
+    The reason of an ``incomplete`` run is the first line of its error (``–`` if none); the
+    ``superseded`` runs keep theirs.
+    """
+    runs = [*superseded]
+    for r in incomplete:
         error = (str(r.get("error") or "").strip().splitlines() or ["–"])[0]
-        error = error if len(error) <= 160 else error[:159] + "…"
-        rows.append([str(r["run_id"]), str(r["status"]), done, str(r.get("protocol")), error])
-    header = ["Run", "Status", "Tasks completed", "Protocol", "Error"]
+        runs.append(NotAveraged(r, str(r["status"]), error))
+    return sorted(runs, key=lambda run: str(run.record["run_id"]))
+
+
+def not_averaged_table(runs: Sequence[NotAveraged]) -> Table:
+    """Runs not averaged in: id, status, tasks completed, protocol, reason."""
+    rows = []
+    for run in runs:
+        r = run.record
+        done = f"{r.get('tasks_completed', '?')}/{r.get('n_tasks', '?')}"
+        reason = run.reason if len(run.reason) <= 160 else run.reason[:159] + "…"
+        rows.append([str(r["run_id"]), run.status, done, str(r.get("protocol")), reason])
+    header = ["Run", "Status", "Tasks completed", "Protocol", "Reason"]
     return Table(header, rows, [False, False, True, False, False])
 
 
@@ -445,14 +551,14 @@ def generated_line(command: str, n_records: int) -> str:
 
 
 def render_markdown(
-    groups: Sequence[GroupSummary], incomplete: Sequence[dict[str, Any]], command: str
+    groups: Sequence[GroupSummary], apart: Sequence[NotAveraged], command: str
 ) -> str:
     """The whole ``leaderboard.md``."""
-    n_records = sum(g.n for g in groups) + len(incomplete)
-    failed = markdown_table(incomplete_table(incomplete)) if incomplete else "None."
+    n_records = sum(g.n for g in groups) + len(apart)
+    listed = markdown_table(not_averaged_table(apart)) if apart else "None."
     return (
         f"# Leaderboard\n\n{markdown_tables(groups, level=2)}\n"
-        f"## Failed or incomplete runs\n\n{failed}\n\n"
+        f"## Runs not averaged\n\n{listed}\n\n"
         f"{generated_line(command, n_records)}\n"
     )
 
@@ -628,19 +734,17 @@ def html_section(task: str, scenario: str, groups: Sequence[GroupSummary]) -> st
     )
 
 
-def render_html(
-    groups: Sequence[GroupSummary], incomplete: Sequence[dict[str, Any]], command: str
-) -> str:
+def render_html(groups: Sequence[GroupSummary], apart: Sequence[NotAveraged], command: str) -> str:
     """The whole ``leaderboard.html``: one page, inline CSS and images."""
-    n_records = sum(g.n for g in groups) + len(incomplete)
+    n_records = sum(g.n for g in groups) + len(apart)
     body = [f"<h1>Leaderboard</h1>\n<p>{html.escape(LEGEND)}</p>"]
     body += [
         html_section(task, scenario, members) for (task, scenario), members in sections(groups)
     ]
     if not groups:
         body.append("<p>No completed runs yet.</p>")
-    body.append("<h2>Failed or incomplete runs</h2>")
-    body.append(html_table(incomplete_table(incomplete)) if incomplete else "<p>None.</p>")
+    body.append("<h2>Runs not averaged</h2>")
+    body.append(html_table(not_averaged_table(apart)) if apart else "<p>None.</p>")
     body.append(
         f"<p>Generated from {n_records} run records by <code>{html.escape(command)}</code>.</p>"
     )
@@ -691,14 +795,19 @@ def build_report(results_dir: Path, out_dir: Path, readme: Path | None, command:
         + (f", skipped {skipped}" if skipped else "")
     )
     completed, incomplete = split_by_status(records)
-    groups = summarize_groups(completed)
+    grouped, superseded = drop_repeated_seeds(group_runs(completed))
+    for run in superseded:
+        name = group_name(group_key(run.record))
+        log.warning(f"warning: {name}: not averaging {run.record['run_id']}: {run.reason}")
+    groups = summarize_groups(grouped)
     for group in groups:
         for warning in group_warnings(group):
             log.warning(f"warning: {warning}")
+    apart = not_averaged(incomplete, superseded)
     log.info(
-        f"{len(completed)} completed runs in {len(groups)} groups "
-        f"(tables: {len(sections(groups))}); {len(incomplete)} failed or incomplete runs "
-        "listed apart"
+        f"{len(completed) - len(superseded)} completed runs in {len(groups)} groups "
+        f"(tables: {len(sections(groups))}); {len(apart)} runs listed apart (failed, "
+        "interrupted, running or superseded)"
     )
 
     readme_text = None
@@ -710,8 +819,8 @@ def build_report(results_dir: Path, out_dir: Path, readme: Path | None, command:
 
     written = []
     outputs = [
-        (out_dir / "leaderboard.md", render_markdown(groups, incomplete, command)),
-        (out_dir / "leaderboard.html", render_html(groups, incomplete, command)),
+        (out_dir / "leaderboard.md", render_markdown(groups, apart, command)),
+        (out_dir / "leaderboard.html", render_html(groups, apart, command)),
     ]
     if readme_text is not None:
         outputs.append((readme, readme_text))

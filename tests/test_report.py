@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import math
@@ -38,9 +39,15 @@ def make_record(
     fwt: float | None = None,
     train_seconds: tuple[float, ...] = (10.0, 20.0),
     error: str | None = None,
+    epochs: int = 5,
+    updated_at: str = "2026-01-01T00:00:00+00:00",
     **summary_extra,
 ) -> dict:
-    """A minimal valid two-task run record whose last row averages to ``acc``."""
+    """A minimal valid two-task run record whose last row averages to ``acc``.
+
+    Its config holds the seed and machine-local keys that differ from run to run, as real
+    records' configs do, and ``train.epochs`` (also in ``method``, as Hydra resolves it).
+    """
     R = [[0.99, None], [0.98, round(2 * acc - 0.98, 12)]]
     done = len(train_seconds)
     return {
@@ -51,6 +58,17 @@ def make_record(
         "method": method,
         "protocol": protocol,
         "seed": seed,
+        "config": {
+            "protocol": protocol,
+            "seed": seed,
+            "train": {"epochs": epochs},
+            "method": {"epochs": epochs, "progress": seed % 2 == 0},
+            "data": {"root": f"/data/{run_id}"},
+            "results_dir": f"/results/{run_id}",
+            "device": "cuda" if seed else "cpu",
+            "progress": seed % 2 == 1,
+        },
+        "updated_at": updated_at,
         "n_tasks": 2,
         "tasks_completed": done,
         "accuracy_matrix": R,
@@ -106,8 +124,8 @@ def generate(tmp_path: Path, *records: dict, out: str = "out") -> tuple[str, str
 
 
 def rows_of(markdown: str) -> list[str]:
-    """Table rows (not headers or rules) of the leaderboard tables, before the failed runs."""
-    tables = markdown.split("## Failed or incomplete runs")[0]
+    """Table rows (not headers or rules) of the leaderboard tables, before the runs apart."""
+    tables = markdown.split("## Runs not averaged")[0]
     lines = [line for line in tables.splitlines() if line.startswith("| ")]
     return [line for line in lines if not line.startswith("| #")]
 
@@ -143,7 +161,8 @@ def test_groups_are_ranked_by_task_scenario_then_mean_acc_then_name():
         make_record("d", 0.99, scenario="class"),
         make_record("e", 0.50, task="permuted_mnist", scenario="domain"),
     ]
-    keys = [(g.key.task, g.key.scenario, g.key.protocol) for g in report.summarize_groups(records)]
+    groups = report.summarize_groups(report.group_runs(records))
+    keys = [(g.key.task, g.key.scenario, g.key.protocol) for g in groups]
     assert keys == [
         ("permuted_mnist", "domain", "p"),
         ("split_mnist", "class", "p"),
@@ -192,8 +211,8 @@ def test_failed_interrupted_and_running_runs_are_listed_apart_and_not_averaged(t
     ]
     markdown, html_text = generate(tmp_path, *three_seeds(), *incomplete)
     assert rows_of(markdown)[0].startswith("| 1 | vcl | p | 3 | 94.00 ± 4.00 | -2.00 ± 1.00 |")
-    failed = markdown.split("## Failed or incomplete runs")[1]
-    assert "| Run | Status | Tasks completed | Protocol | Error |" in failed
+    failed = markdown.split("## Runs not averaged")[1]
+    assert "| Run | Status | Tasks completed | Protocol | Reason |" in failed
     assert (
         "| p-seed3 | failed | 1/2 | p | TrainingDiverged: the loss became nan in task 2" in failed
     )
@@ -236,16 +255,97 @@ def test_fwt_is_na_when_null_and_averaged_where_defined(tmp_path):
     assert rows[1].endswith("| n/a | 30.0 ± – s |")  # task: FWT does not apply
 
 
-def test_intransigence_and_calibration_columns_appear_when_present(tmp_path):
+def test_intransigence_and_other_summary_numbers_get_columns_when_present(tmp_path):
     records = [
-        make_record("a0", 0.9, intransigence=0.01, ece=0.03, nll=0.2, brier=0.05),
-        make_record("a1", 0.9, seed=1, intransigence=0.03, ece=0.05, nll=0.4),
+        make_record("a0", 0.9, intransigence=0.01, gap=0.2, score=0.05),
+        make_record("a1", 0.9, seed=1, intransigence=0.03, gap=0.4),
     ]
     markdown, _ = generate(tmp_path, *records)
-    assert "| Intransigence (%) | ECE (%) | NLL (nats) | Brier |" in markdown
+    assert "| FWT (%) | Intransigence (%) | gap | score | Train time / run |" in markdown
     (row,) = rows_of(markdown)
-    # std of (1, 3) and (3, 5) is sqrt(2); of (0.2, 0.4) sqrt(0.02); Brier from one run only.
-    assert "| 2.00 ± 1.41 | 4.00 ± 1.41 | 0.300 ± 0.141 | 0.0500 ± – (n=1) |" in row
+    # Intransigence 1 and 3 %: std sqrt(2); gap (0.2, 0.4) in its own units: std sqrt(0.02);
+    # score from one run only.
+    assert "| 2.00 ± 1.41 | 0.3 ± 0.1414 | 0.05 ± – (n=1) |" in row
+
+
+def test_a_seed_run_twice_counts_once_the_newer_run_kept_and_the_older_listed(tmp_path, caplog):
+    again = make_record("p-seed1-again", 0.96, seed=1, updated_at="2026-02-01T00:00:00+00:00")
+    with caplog.at_level(logging.WARNING, logger="cl_bayes.report"):
+        markdown, html_text = generate(tmp_path, *three_seeds(), again)
+    # Kept ACC 0.90, 0.96, 0.98: mean 94.67 %, std sqrt(((-14)^2 + 4^2 + 10^2) / 9 / 2) = 4.16 %.
+    expected_std = np.std([0.90, 0.96, 0.98], ddof=1)
+    assert math.isclose(100 * expected_std, 4.163, abs_tol=1e-3)
+    (row,) = rows_of(markdown)
+    assert row.startswith("| 1 | vcl | p | 3 | 94.67 ± 4.16 | -1.67 ± 1.15 | 3.00 ± 2.65 |")
+    apart = markdown.split("## Runs not averaged")[1]
+    assert (
+        "| p-seed1 | superseded | 2/2 | p | seed 1 run again: the newer run p-seed1-again "
+        "is averaged |" in apart
+    )
+    assert "p-seed1-again" not in apart.replace("newer run p-seed1-again", "")
+    assert "Generated from 4 run records" in markdown
+    assert "superseded" in html_text
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "not averaging p-seed1:" in warning and "p-seed1-again" in warning
+
+
+def test_the_newest_run_of_a_seed_is_kept_ties_broken_by_run_id():
+    old = make_record("z-old", 0.5, updated_at="2026-01-01T10:00:00+00:00")
+    new = make_record("a-new", 0.6, updated_at="2026-01-01T11:00:00+00:00")
+    tie_a = make_record("tie-a", 0.7, seed=1, updated_at="2026-01-02T00:00:00+00:00")
+    tie_b = make_record("tie-b", 0.8, seed=1, updated_at="2026-01-02T00:00:00+00:00")
+    no_seed = [make_record(f"n{i}", 0.9, seed=2) for i in range(2)]
+    for record in no_seed:
+        record["seed"] = None
+    groups, superseded = report.drop_repeated_seeds(
+        report.group_runs([old, new, tie_a, tie_b, *no_seed])
+    )
+    assert [r["run_id"] for runs in groups.values() for r in runs] == [
+        "a-new",
+        "tie-b",
+        "n0",
+        "n1",
+    ]
+    assert sorted(s.record["run_id"] for s in superseded) == ["tie-a", "z-old"]
+    assert {s.status for s in superseded} == {"superseded"}
+
+
+def test_config_fingerprint_leaves_out_seed_and_machine_local_keys():
+    record = make_record("r", seed=3, epochs=7)
+    record["config"]["hydra"] = {"run": {"dir": "/somewhere"}}
+    experiment = {"protocol": "p", "train": {"epochs": 7}, "method": {"epochs": 7}}
+    expected = hashlib.sha1(json.dumps(experiment, sort_keys=True).encode()).hexdigest()[:6]
+    assert report.config_fingerprint(record["config"]) == expected
+    assert report.config_fingerprint(make_record("s", seed=4, epochs=7)["config"]) == expected
+    assert report.config_fingerprint(make_record("t", seed=3, epochs=8)["config"]) != expected
+    assert report.config_fingerprint(None) == "none"
+
+
+def test_settings_that_differ_under_one_protocol_give_labelled_rows(tmp_path):
+    short = [make_record(f"short{s}", 0.80 + s / 100, seed=s, epochs=1) for s in range(2)]
+    long = [make_record(f"long{s}", 0.95, seed=s, epochs=50) for s in range(3)]
+    other = make_record("q0", 0.5, protocol="q")
+    markdown, html_text = generate(tmp_path, *short, *long, other)
+    short_fp = report.config_fingerprint(short[0]["config"])
+    long_fp = report.config_fingerprint(long[0]["config"])
+    assert short_fp != long_fp
+    assert rows_of(markdown) == [
+        f"| 1 | vcl | p (config {long_fp}) | 3 | 95.00 ± 0.00 | -1.00 ± 0.00 | 2.00 ± 0.00 "
+        "| n/a | 30.0 ± 0.0 s |",
+        f"| 2 | vcl | p (config {short_fp}) | 2 | 80.50 ± 0.71 | -1.00 ± 0.00 | 2.00 ± 0.00 "
+        "| n/a | 30.0 ± 0.0 s |",
+        "| 3 | vcl | q | 1 | 50.00 ± – | -1.00 ± – | 2.00 ± – | n/a | 30.0 ± – s |",
+    ]
+    assert "task, scenario, method, protocol and configuration" in markdown
+    assert f"p (config {short_fp})" in html_text
+
+
+def test_same_settings_with_different_seeds_and_machines_form_one_row(tmp_path):
+    markdown, _ = generate(tmp_path, *three_seeds())
+    configs = [r["config"] for r in three_seeds()]
+    assert configs[0] != configs[1]  # seed, data, device and progress differ
+    (row,) = rows_of(markdown)
+    assert row.startswith("| 1 | vcl | p | 3 | 94.00 ± 4.00 |")
 
 
 def test_regenerating_gives_byte_identical_files(tmp_path):
@@ -330,7 +430,7 @@ def test_readme_block_is_replaced_and_regenerating_keeps_it(tmp_path):
     assert "old table" not in block
     assert "### split_mnist · task-incremental" in block
     assert "| 1 | vcl | p | 3 | 94.00 ± 4.00 |" in block
-    assert "Failed or incomplete" not in block
+    assert "Runs not averaged" not in block
     assert "python -m cl_bayes.report --results" in block
     # --out defaults to the results folder.
     assert (results / "leaderboard.md").is_file() and (results / "leaderboard.html").is_file()
