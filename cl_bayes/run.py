@@ -3,7 +3,10 @@
 ``R[i, j]`` is the accuracy on task ``j`` after training through task ``i`` (see
 ``cl_bayes.metrics``). After every task the run state is checkpointed and the record
 rewritten, so a crash loses at most the task in progress and ``resume=<run dir>``
-continues from the next task with bit-identical results.
+continues from the next task with bit-identical results. However the loop ends, the record's
+final ``status`` says how: ``completed``; ``failed`` (an error, a diverged loss); or
+``interrupted`` (Ctrl-C, SIGTERM, a ``SystemExit`` such as submitit's after requeueing a
+pre-empted SLURM job, submitit's ``UncompletedJobError`` at a SLURM time limit).
 """
 
 from __future__ import annotations
@@ -49,6 +52,11 @@ LOCAL_KEYS = ("data", "results_dir", "progress", "resume", "device", "logger")
 
 class RunInterrupted(KeyboardInterrupt):
     """SIGTERM (e.g. a cluster pre-empting the job), handled like Ctrl-C."""
+
+
+# What submitit raises in a SLURM job that reached its time limit and is not requeued
+# (``submitit.core.utils.UncompletedJobError``), matched by name to keep submitit optional.
+TIMED_OUT_ERROR = "UncompletedJobError"
 
 
 def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
@@ -163,7 +171,13 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         save_record("interrupted", "interrupted")
         raise
     except Exception as error:
-        save_record("failed", f"{type(error).__name__}: {error}")
+        timed_out = type(error).__name__ == TIMED_OUT_ERROR  # stopped, not failed
+        save_record("interrupted" if timed_out else "failed", f"{type(error).__name__}: {error}")
+        raise
+    except BaseException as error:
+        # SystemExit, e.g. submitit's exit after requeueing a pre-empted SLURM job: the run
+        # did not fail, it was stopped, and the completed tasks can be resumed.
+        save_record("interrupted", f"{type(error).__name__}: {_exit_reason(error)}")
         raise
     finally:
         _restore_sigterm(previous_handler)
@@ -314,6 +328,14 @@ def _joint_reference(cfg: DictConfig) -> np.ndarray | None:
             f"this run uses scenario={cfg.scenario}."
         )
     return np.array(reference["accuracy_matrix"], dtype=float)
+
+
+def _exit_reason(error: BaseException) -> str:
+    """What stopped the run: a ``SystemExit``'s exit code or message, else the error's message."""
+    if isinstance(error, SystemExit):
+        code = 0 if error.code is None else error.code
+        return f"exit code {code}" if isinstance(code, int) else str(code)
+    return str(error) or "no message"
 
 
 def _handle_sigterm():

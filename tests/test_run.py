@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import cl_bayes
-from cl_bayes import metrics
+from cl_bayes import checkpoint, metrics
 from cl_bayes.errors import ConfigError, DataNotFoundError, TrainingDiverged
 from cl_bayes.methods.finetune import Finetune
 from cl_bayes.run import resolve_device, run
@@ -41,6 +41,28 @@ class InterruptedAtTask(DivergesAtTask):
         if task_id == self.diverge_at:
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)  # the handler interrupts this at once
+
+
+class UncompletedJobError(RuntimeError):
+    """Stands for ``submitit.core.utils.UncompletedJobError``, which the loop knows by name."""
+
+
+class StoppedAtTask(DivergesAtTask):
+    """Fine-tuning that raises ``stop`` when task ``task_id`` starts: what submitit's signal
+    handler does in a SLURM job (``SystemExit(-1)`` after requeueing a pre-empted job,
+    ``UncompletedJobError`` at the time limit)."""
+
+    def __init__(self, task_id: int, stop: str):
+        super().__init__(task_id)
+        self.stop = {
+            "exit": SystemExit(-1),
+            "timeout": UncompletedJobError("Job not requeued because: timed-out too many times."),
+            "other": GeneratorExit(),
+        }[stop]
+
+    def before_task(self, model, task_id, data):
+        if task_id == self.diverge_at:
+            raise self.stop
 
 
 def matrix(record) -> np.ndarray:
@@ -157,6 +179,32 @@ def test_sigterm_interrupts_the_run_and_the_record_says_so(run_tiny, tmp_path):
     record = read(tmp_path / "run" / "record.json")
     assert record["status"] == "interrupted" and record["tasks_completed"] == 1
     assert np.isfinite(matrix(record)[0, 0])
+
+
+@pytest.mark.parametrize(
+    "stop, error",
+    [
+        ("exit", "SystemExit: exit code -1"),
+        ("timeout", "UncompletedJobError: Job not requeued because: timed-out too many times."),
+        ("other", "GeneratorExit: no message"),
+    ],
+)
+def test_a_run_stopped_by_a_scheduler_is_interrupted_with_its_completed_tasks(
+    run_tiny, tmp_path, stop, error
+):
+    target = f"method._target_={__name__}.StoppedAtTask"
+    with pytest.raises((SystemExit, UncompletedJobError, GeneratorExit)):
+        run_tiny("run", target, "+method.task_id=2", f"+method.stop={stop}")
+    record = read(tmp_path / "run" / "record.json")
+    assert record["status"] == "interrupted" and record["error"] == error
+    assert record["tasks_completed"] == 2
+    R = matrix(record)
+    assert np.all(np.isfinite(R[np.tril_indices(2)])) and np.all(np.isnan(R[2:]))
+    assert record["summary"]["tasks"] == 2
+    assert read(tmp_path / "results" / "runs" / f"{record['run_id']}.json") == record
+    # The checkpoint that resume= continues from holds the two completed tasks.
+    state = checkpoint.load(tmp_path / "run" / checkpoint.CHECKPOINT_NAME)
+    assert state["record"]["tasks_completed"] == 2
 
 
 def test_class_incremental_finetuning_forgets_and_has_no_fwt(run_tiny):
