@@ -18,6 +18,7 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -197,16 +198,16 @@ def train_task(
 ) -> list[float]:
     """Train ``model`` on ``data`` with ``method.loss`` and a fresh optimiser; epoch losses.
 
-    An active ``logger`` gets every epoch's loss, with the method's ``epoch_metrics(model)``
-    where it has them (VCL: its KL term).
+    While ``logger`` is active it gets every epoch's loss, with the method's
+    ``epoch_metrics(model)`` where it has them (VCL: its KL term), as :class:`EpochMetrics`.
     """
     if len(data) == 0:
         log.info(f"task {t + 1}/{T}: {type(method).__name__} trains on no data of this task")
         return []
 
     def log_epoch(epoch: int, loss: float) -> None:
-        extra = method.epoch_metrics(model) if hasattr(method, "epoch_metrics") else {}
-        logger.log_epoch(t, epoch, {"loss": loss, **extra})
+        if logger.active:  # a logger that failed has turned itself off
+            logger.log_epoch(t, epoch, EpochMetrics(loss, method, model))
 
     return fit(
         model,
@@ -219,6 +220,36 @@ def train_task(
         progress=cfg.progress,
         on_epoch=log_epoch if logger is not None and logger.active else None,
     )
+
+
+class EpochMetrics(Mapping[str, float]):
+    """An epoch's ``loss`` and the method's ``epoch_metrics(model)``, computed on first read.
+
+    The logger reads them inside its own failure handling, so an error of the method's
+    ``epoch_metrics`` turns logging off (one warning) like any logging error, and never
+    stops the run.
+    """
+
+    def __init__(self, loss: float, method: Method, model: torch.nn.Module) -> None:
+        self._loss, self._method, self._model = loss, method, model
+        self._metrics: dict[str, float] | None = None
+
+    def _read(self) -> dict[str, float]:
+        if self._metrics is None:
+            metrics = {"loss": self._loss}
+            if hasattr(self._method, "epoch_metrics"):
+                metrics.update(self._method.epoch_metrics(self._model))
+            self._metrics = metrics
+        return self._metrics
+
+    def __getitem__(self, name: str) -> float:
+        return self._read()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._read())
+
+    def __len__(self) -> int:
+        return len(self._read())
 
 
 @torch.no_grad()

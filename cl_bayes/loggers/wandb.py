@@ -14,8 +14,10 @@ continues the same W&B run). What it logs:
   ``forgetting``, ``fwt`` and ``intransigence`` (where defined), ``tasks_completed`` and
   ``status`` in the run summary; the record JSON as an artifact of type ``run-record``.
 
-Any error from wandb (not logged in, no network, ...) is logged as one warning and turns W&B
-logging off for the rest of the run, which goes on and writes its record as usual.
+Any error while logging (from wandb: not logged in, no network, ...; or from computing the
+metrics handed to :meth:`WandbLogger.log_epoch`, such as a method's ``epoch_metrics``) is
+logged as one warning and turns W&B logging off for the rest of the run, which goes on and
+writes its record as usual.
 """
 
 from __future__ import annotations
@@ -118,7 +120,11 @@ class WandbLogger(Logger):
             self._run.define_metric("eval/*", step_metric="task")
 
     def log_epoch(self, task_id: int, epoch: int, metrics: Mapping[str, float]) -> None:
-        """Log ``train/<name>`` for each of ``metrics`` at the run-wide epoch."""
+        """Log ``train/<name>`` for each of ``metrics`` at the run-wide epoch.
+
+        ``metrics`` is read inside the failure handling: an error while reading it (the loop
+        passes a :class:`cl_bayes.run.EpochMetrics`, computed on first read) turns logging off.
+        """
         if self._run is None:
             return
         with self._guard("logging an epoch"):

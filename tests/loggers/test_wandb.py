@@ -28,6 +28,7 @@ import cl_bayes.run
 from cl_bayes.config import CONF_DIR, instantiate
 from cl_bayes.errors import ConfigError
 from cl_bayes.loggers.wandb import WandbLogger, sweep_group
+from cl_bayes.methods.finetune import Finetune
 from cl_bayes.methods.vcl import VCL
 from cl_bayes.run import run
 from tests.conftest import compose_config
@@ -345,6 +346,34 @@ def test_a_wandb_failure_is_one_warning_and_the_run_completes(
         logged = RunFile(tmp_path / "run")
         assert [e.exit_code for e in logged.exits] == [1]  # the broken W&B run is closed
         assert "acc" not in logged.summary
+
+
+def test_a_failing_epoch_metrics_is_one_warning_and_the_run_completes(
+    tiny_cfg, tmp_path, cached_data, monkeypatch, caplog
+):
+    calls = []
+
+    def epoch_metrics(self, model):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ValueError("no KL for this model")
+        return {"kl": 1.5}
+
+    # Fine-tuning with a method's optional epoch_metrics, broken at the second epoch.
+    monkeypatch.setattr(Finetune, "epoch_metrics", epoch_metrics, raising=False)
+    overrides = ["method=finetune", "task.n_tasks=3", "train.epochs=2"]
+    record = run(tiny_cfg("logger=wandb", "logger.mode=offline", *overrides), tmp_path / "run")
+
+    on_disk = json.loads((tmp_path / "run" / "record.json").read_text())
+    assert record["status"] == on_disk["status"] == "completed"
+    assert on_disk["tasks_completed"] == 3
+    (warning,) = _warnings(caplog)
+    assert "W&B logging is off for the rest of this run" in warning.getMessage()
+    assert "logging an epoch failed (ValueError: no KL for this model)" in warning.getMessage()
+    assert len(calls) == 2  # not called again once logging is off
+    logged = RunFile(tmp_path / "run")
+    assert [(row["epoch"], row["train/kl"]) for row in logged.rows("train/loss")] == [(0, 1.5)]
+    assert [e.exit_code for e in logged.exits] == [1]
 
 
 def test_a_resumed_run_logs_its_remaining_tasks_to_the_same_wandb_run(
