@@ -10,6 +10,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from cl_bayes.allocator import keep_freed_memory
+from cl_bayes.checkpoint import CHECKPOINT_NAME
 from cl_bayes.config import register_task_sequences
 from cl_bayes.errors import UserError
 from cl_bayes.run import run
@@ -22,7 +23,9 @@ def main(cfg: DictConfig) -> float | None:
     """Run the experiment ``cfg`` describes.
 
     A user error is logged as one line (exit code 2); Ctrl-C or SIGTERM as one line saying how
-    to continue (exit code 130). The run record is written in both cases. In a multirun sweep
+    to continue, or that no task completed (exit code 130). Once training has started the run
+    record says how the run ended (``failed`` or ``interrupted``, with the completed tasks);
+    an error found before (a bad setting, missing data) leaves no record. In a multirun sweep
     a user error fails its own job only: Hydra runs the other jobs and reports the failure
     at the end.
     """
@@ -33,14 +36,18 @@ def main(cfg: DictConfig) -> float | None:
     except UserError as error:
         log.error(f"error: {error}")
         if hydra_config.mode == RunMode.MULTIRUN:
-            # Re-raised without the frames below, so the sweep's final report stays short.
-            raise UserError(f"job {hydra_config.job.num} failed: {error}") from None
+            # Re-raised without the frames below, so the sweep's final report stays short;
+            # named by its overrides, as the sweep's progress lines name jobs.
+            overrides = " ".join(hydra_config.overrides.task)
+            raise UserError(f"the job with {overrides} failed: {error}") from None
         sys.exit(2)
     except KeyboardInterrupt as error:
-        log.error(
-            f"interrupted ({error or 'Ctrl-C'}): the record keeps the completed tasks; "
-            f"continue with resume={cfg.resume or output_dir}"
-        )
+        run_dir = Path(cfg.resume).expanduser() if cfg.resume else output_dir
+        if (run_dir / CHECKPOINT_NAME).is_file():
+            advice = f"the record keeps the completed tasks; continue with resume={run_dir}"
+        else:
+            advice = "no task completed; nothing to resume"
+        log.error(f"interrupted ({error or 'Ctrl-C'}): {advice}")
         sys.exit(130)
     return record["summary"].get("acc")
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
+from cl_bayes.config import REPO_ROOT
 from tests.conftest import LONG_ENOUGH, TINY, run_cli
 
 
@@ -119,6 +121,33 @@ def test_sigterm_ends_the_run_with_one_line_and_an_interrupted_record(tmp_path):
     assert record["status"] == "interrupted" and record["tasks_completed"] >= 1
 
 
+def test_an_interrupt_before_any_task_completed_offers_no_resume(tmp_path):
+    run_dir = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-m", "cl_bayes", *TINY]
+        # A method that receives SIGTERM as its first task starts.
+        + ["method=finetune", "method._target_=tests.test_run.InterruptedAtTask"]
+        + ["+method.task_id=0"]
+        + [f"results_dir={tmp_path / 'results'}", f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    out = _output(proc)
+    assert proc.returncode == 130, out
+    assert "Traceback" not in out
+    signal_number = signal.SIGTERM.value
+    assert f"interrupted (signal {signal_number}): no task completed; nothing to resume" in out
+    assert "resume=" not in out
+    record = json.loads((run_dir / "record.json").read_text())
+    assert record["status"] == "interrupted" and record["tasks_completed"] == 0
+    assert not (run_dir / "checkpoint.pt").exists()
+
+
 def test_a_bad_job_fails_alone_in_a_sweep(tmp_path):
     proc = run_cli(
         "-m",
@@ -131,7 +160,14 @@ def test_a_bad_job_fails_alone_in_a_sweep(tmp_path):
     )
     out = _output(proc)
     assert proc.returncode != 0, out
-    assert "job 0 failed: train.epochs must be a positive number, got 0." in out
+    # The failure names the job by its overrides, like the sweep's progress lines.
+    assert re.search(
+        r"UserError: the job with task\.train_size=200 train\.epochs=0 .*method=finetune.* "
+        r"failed: train\.epochs must be a positive number, got 0\.",
+        out,
+    ), out
+    assert "job 1/2 failed (" in out and "job 2/2 done (" in out
+    assert "job 0" not in out
     # The good job still ran to the end and kept its record.
     (record_path,) = (tmp_path / "results" / "runs").iterdir()
     record = json.loads(record_path.read_text())
