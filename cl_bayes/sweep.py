@@ -13,8 +13,8 @@ and on a SLURM cluster (submitit itself exchanges its pickles through that direc
 of a Ray cluster without a shared file system leave their notes on their own nodes, and no
 line is logged for them.
 
-Enable it with ``hydra/callbacks=sweep_progress`` on the command line (the leaderboard
-experiment files select it); it does nothing outside multirun.
+``conf/config.yaml`` selects it for every run (``override hydra/callbacks: sweep_progress`` in
+its defaults); outside multirun it does nothing.
 """
 
 from __future__ import annotations
@@ -94,10 +94,12 @@ def job_line(k: int, n: int | None, note: dict[str, Any], swept: set[str] | None
         if (line.split("=", 1)[0] in swept if swept else not line.startswith("hydra."))
     ]
     count = f"{k}/{n}" if n else f"{k}"
-    verb = "done" if note["status"] == "completed" else "failed"
+    verb = {"completed": "done", "failed": "failed", "interrupted": "interrupted"}[note["status"]]
     head = f"job {count} {verb} ({note['seconds']:.0f} s): {' '.join(shown)}"
-    if note["status"] != "completed":
+    if note["status"] == "failed":
         return f"{head}  {note['error']}"
+    if note["status"] == "interrupted":
+        return head
     acc = note["acc"]
     return f"{head}  ACC={100 * acc:.2f}%" if acc is not None else f"{head}  ACC=n/a"
 
@@ -155,17 +157,22 @@ class SweepProgress(Callback):
         """Where the job runs: leave the note the launching process reports."""
         if self.notes_dir is None:  # not a multirun
             return
-        completed = job_return.status == JobStatus.COMPLETED
-        # A failed job's exception: the public ``return_value`` re-raises it.
-        value = job_return.return_value if completed else job_return._return_value
+        # UNKNOWN: the job ended without a result, as when Ctrl-C stops it (``python -m
+        # cl_bayes`` then exits with code 130). It was interrupted; it did not fail.
+        status = {JobStatus.COMPLETED: "completed", JobStatus.FAILED: "failed"}.get(
+            job_return.status, "interrupted"
+        )
+        # Read directly: the public ``return_value`` re-raises a failed job's exception and
+        # refuses an UNKNOWN status.
+        value = job_return._return_value
+        acc = status == "completed" and isinstance(value, (int, float))
         note = {
             "num": int(config.hydra.job.num),
             "overrides": list(job_return.overrides or []),
-            "status": "completed" if completed else "failed",
-            "acc": float(value) if completed and isinstance(value, (int, float)) else None,
-            "error": None if completed else f"{type(value).__name__}: {value}",
+            "status": status,
+            "acc": float(value) if acc else None,
+            "error": f"{type(value).__name__}: {value}" if status == "failed" else None,
             "seconds": time.monotonic() - self._job_started,
-            "output_dir": str(config.hydra.runtime.output_dir),
         }
         write_json_atomic(self.notes_dir / f"job{note['num']}.json", note)
         if self._watcher is not None:  # the basic launcher: report at once, in order

@@ -40,12 +40,14 @@ def launcher_config(preset: str, *overrides: str):
 
 
 def sweep(tmp_path: Path, *overrides: str, timeout: float = 600):
-    """A tiny multirun into ``tmp_path``; returns (process, output, records by seed)."""
+    """A tiny multirun into ``tmp_path``; returns (process, output, records by seed).
+
+    No option selects the progress lines: conf/config.yaml does, for every run.
+    """
     results = tmp_path / "results"
     proc = run_cli(
         "-m",
         *TINY,
-        "hydra/callbacks=sweep_progress",
         f"hydra.sweep.dir={tmp_path / 'sweep'}",
         f"results_dir={results}",
         *overrides,

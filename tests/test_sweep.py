@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import pickle
@@ -141,6 +142,11 @@ def test_a_failed_job_shows_its_error():
     )
 
 
+def test_an_interrupted_job_says_so_without_an_error():
+    note = {"overrides": ["seed=1"], "status": "interrupted", "acc": None, "error": None}
+    assert job_line(2, 4, {**note, "seconds": 5.0}, {"seed"}) == "job 2/4 interrupted (5 s): seed=1"
+
+
 def test_poll_seconds_must_be_positive():
     with pytest.raises(ValueError, match="poll_seconds must be positive"):
         SweepProgress(poll_seconds=0)
@@ -169,7 +175,14 @@ def test_jobs_elsewhere_are_reported_by_the_launching_process(tmp_path, caplog):
             time.sleep(0.02)
         assert "job 1/6 done (0 s): seed=1 method=joint  ACC=50.00%" in caplog.text
         notes = launcher_side.notes_dir
-        assert (notes / "job4.json").is_file()
+        assert json.loads((notes / "job4.json").read_text()) == {
+            "num": 4,
+            "overrides": overrides,
+            "status": "completed",
+            "acc": 0.5,
+            "error": None,
+            "seconds": pytest.approx(0, abs=5),
+        }
     finally:
         launcher_side.on_multirun_end(multirun_config(tmp_path))
     assert caplog.text.count("job 1/6") == 1  # reported once, not again at the end
@@ -180,23 +193,26 @@ def test_jobs_elsewhere_are_reported_by_the_launching_process(tmp_path, caplog):
 def test_the_basic_launcher_reports_each_job_at_once_in_order(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="cl_bayes.sweep")
     progress = SweepProgress(poll_seconds=3600)  # the thread would never get there first
-    progress.on_multirun_start(multirun_config(tmp_path, ["seed=0,1"]))
+    progress.on_multirun_start(multirun_config(tmp_path, ["seed=0,1,2"]))
     jobs = [
         job_return(["seed=0"], 0.25),
         job_return(["seed=1"], RuntimeError("boom"), JobStatus.FAILED),
+        # Ended without a result (Ctrl-C): Hydra leaves the status UNKNOWN.
+        job_return(["seed=2"], None, JobStatus.UNKNOWN),
     ]
     try:
         for num, ret in enumerate(jobs):
             config = job_config(tmp_path, num, ret.overrides)
             progress.on_job_start(config=config, task_function=None)
             progress.on_job_end(config, ret)
-            assert f"job {num + 1}/2" in caplog.text
+            assert f"job {num + 1}/3" in caplog.text
     finally:
         progress.on_multirun_end(multirun_config(tmp_path))
     lines = [r.getMessage() for r in caplog.records if r.name == "cl_bayes.sweep"]
     assert lines == [
-        "job 1/2 done (0 s): seed=0  ACC=25.00%",
-        "job 2/2 failed (0 s): seed=1  RuntimeError: boom",
+        "job 1/3 done (0 s): seed=0  ACC=25.00%",
+        "job 2/3 failed (0 s): seed=1  RuntimeError: boom",
+        "job 3/3 interrupted (0 s): seed=2",
     ]
 
 
@@ -205,6 +221,13 @@ def test_outside_multirun_a_job_leaves_no_note(tmp_path):
     progress.on_job_start(config=job_config(tmp_path, 0, []), task_function=None)
     progress.on_job_end(job_config(tmp_path, 0, []), job_return([], 0.9))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_run_selects_the_callback():
+    """conf/config.yaml selects it: no command-line option is needed for progress lines."""
+    callbacks = compose_with_hydra().hydra.callbacks
+    assert list(callbacks) == ["sweep_progress"]
+    assert callbacks.sweep_progress._target_ == "cl_bayes.sweep.SweepProgress"
 
 
 # --- the leaderboard presets ----------------------------------------------------------------
