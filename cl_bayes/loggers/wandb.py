@@ -51,8 +51,8 @@ class WandbLogger(Logger):
         W&B project (``cl_bayes``) and entity (``None``: the account's default).
     group
         Runs shown together; ``None`` groups the jobs of a Hydra multirun by their sweep
-        directory (its last two parts, e.g. ``2026-11-22/10-00-00``) and leaves single runs
-        ungrouped.
+        directory (its last two parts, e.g. ``2026-11-22/10-00-00``; see :func:`sweep_group`)
+        and leaves single runs ungrouped.
     tags
         Labels for filtering runs.
     mode
@@ -211,8 +211,11 @@ class WandbLogger(Logger):
 def sweep_group() -> str | None:
     """In a Hydra multirun, the sweep directory's last two parts; ``None`` otherwise.
 
-    Hydra's default sweep directory is ``multirun/<date>/<time>``, so every job of one sweep
-    gets the same group, e.g. ``2026-11-22/10-00-00``, and two sweeps never share one.
+    Every job of one sweep gets the same group. With Hydra's default sweep directory,
+    ``multirun/<date>/<time>``, that is e.g. ``2026-11-22/10-00-00``, different for sweeps
+    started in different seconds. Sweeps given the same ``hydra.sweep.dir`` (or two fixed
+    directories ending in the same two parts, e.g. ``a/sweeps/vcl`` and ``b/sweeps/vcl``)
+    share one group: set ``logger.group`` to tell them apart.
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
