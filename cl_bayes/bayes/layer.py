@@ -1,0 +1,133 @@
+"""What every mean-field Gaussian layer shares: its posterior, its prior and their KL.
+
+Every weight and bias has an independent Gaussian posterior ``N(posterior_mean,
+exp(posterior_log_var))`` (trainable parameters) and an independent Gaussian prior
+``N(prior_mean, exp(prior_log_var))`` held as persistent buffers, so a checkpoint restores
+the prior exactly and the optimiser never sees it.
+
+The forward pass uses the local reparameterisation trick (Kingma, Salimans & Welling 2015):
+instead of sampling weights, it samples pre-activations from their exact Gaussian
+distribution given the input: ``mean = op(x, W_m) + b_m``, ``variance = op(x^2, exp(W_lv)) +
+exp(b_lv)`` for the layer's linear operation ``op`` (a matrix product, a convolution). For
+an input shared by all K samples (the first layer) the two products are computed once and
+the K samples drawn from them in one vectorised pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from cl_bayes.bayes.gaussian import kl_diagonal_gaussians
+
+NAMES = ("weight", "bias")
+
+
+class MeanFieldLayer(nn.Module):
+    """Base of the mean-field Gaussian layers; a subclass defines :meth:`linear_op`.
+
+    Parameters
+    ----------
+    weight_shape, bias_shape
+        Shapes of the weight and bias tensors.
+    input_dims
+        Dimensions of one batch of inputs shared by all samples (2 for ``(batch, in)``,
+        4 for ``(batch, channels, height, width)``); one more means one input per sample.
+    prior_var
+        Variance of the initial prior ``N(0, prior_var)`` on every weight and bias.
+    init_log_var
+        Initial posterior log-variance of every weight and bias (-6 in Nguyen et al. 2018).
+    init_std
+        Standard deviation of the truncated normal (at two standard deviations) that
+        draws the initial posterior means (0.1 in the official VCL code).
+    """
+
+    def __init__(
+        self,
+        weight_shape: tuple[int, ...],
+        bias_shape: tuple[int, ...],
+        input_dims: int,
+        prior_var: float = 1.0,
+        init_log_var: float = -6.0,
+        init_std: float = 0.1,
+    ):
+        super().__init__()
+        self.input_dims = input_dims
+        self.prior_var, self.init_log_var, self.init_std = prior_var, init_log_var, init_std
+        for name, shape in zip(NAMES, (weight_shape, bias_shape), strict=True):
+            self.register_parameter(f"{name}_posterior_mean", nn.Parameter(torch.empty(shape)))
+            self.register_parameter(f"{name}_posterior_log_var", nn.Parameter(torch.empty(shape)))
+            self.register_buffer(f"{name}_prior_mean", torch.empty(shape))
+            self.register_buffer(f"{name}_prior_log_var", torch.empty(shape))
+        self.reset_parameters()
+        self.reset_prior()
+
+    def linear_op(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """The layer's deterministic operation on a shared-shape input ``x``."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Fresh posterior: truncated-normal means, log-variances ``init_log_var``."""
+        for name in NAMES:
+            mean = getattr(self, f"{name}_posterior_mean")
+            std = self.init_std
+            nn.init.trunc_normal_(mean, std=std, a=-2 * std, b=2 * std)
+            getattr(self, f"{name}_posterior_log_var").fill_(self.init_log_var)
+
+    @torch.no_grad()
+    def reset_prior(self) -> None:
+        """Prior ``N(0, prior_var)`` on every weight and bias."""
+        for name in NAMES:
+            getattr(self, f"{name}_prior_mean").zero_()
+            getattr(self, f"{name}_prior_log_var").fill_(math.log(self.prior_var))
+
+    @torch.no_grad()
+    def posterior_to_prior(self) -> None:
+        """Make the current posterior the prior (a detached copy; VCL's step between tasks)."""
+        for name in NAMES:
+            getattr(self, f"{name}_prior_mean").copy_(getattr(self, f"{name}_posterior_mean"))
+            getattr(self, f"{name}_prior_log_var").copy_(getattr(self, f"{name}_posterior_log_var"))
+
+    def kl(self) -> Tensor:
+        """``KL(posterior || prior)`` summed over all weights and biases (a scalar)."""
+        return sum(
+            kl_diagonal_gaussians(
+                getattr(self, f"{name}_posterior_mean"),
+                getattr(self, f"{name}_posterior_log_var"),
+                getattr(self, f"{name}_prior_mean"),
+                getattr(self, f"{name}_prior_log_var"),
+            )
+            for name in NAMES
+        )
+
+    def moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and variance of the pre-activations for a shared-shape input ``x``."""
+        mean = self.linear_op(x, self.weight_posterior_mean, self.bias_posterior_mean)
+        variance = self.linear_op(
+            x * x, self.weight_posterior_log_var.exp(), self.bias_posterior_log_var.exp()
+        )
+        return mean, variance
+
+    def forward(self, x: Tensor, n_samples: int | None = None) -> Tensor:
+        """Sampled pre-activations, or the posterior-mean layer when ``n_samples`` is None.
+
+        ``x`` has ``input_dims`` dimensions, shared by all samples, or one more in front,
+        ``(K, ...)``, one input per sample. Sampling returns ``(K, batch, ...)`` (``K =
+        n_samples`` for a shared input, ``x.shape[0]`` otherwise); mean mode returns the
+        deterministic layer's output for ``x``'s shape.
+        """
+        per_sample = x.dim() == self.input_dims + 1
+        flat = x.flatten(0, 1) if per_sample else x
+        if n_samples is None:
+            out = self.linear_op(flat, self.weight_posterior_mean, self.bias_posterior_mean)
+            return out.unflatten(0, x.shape[:2]) if per_sample else out
+        mean, variance = self.moments(flat)
+        if per_sample:
+            mean, variance = mean.unflatten(0, x.shape[:2]), variance.unflatten(0, x.shape[:2])
+            noise = torch.randn_like(mean)
+        else:  # shared input: moments once, K draws
+            noise = torch.randn((n_samples,) + mean.shape, device=x.device, dtype=x.dtype)
+        return mean + variance.sqrt() * noise
