@@ -15,6 +15,7 @@ the K samples drawn from them in one vectorised pass.
 
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -25,7 +26,7 @@ from cl_bayes.bayes.gaussian import kl_diagonal_gaussians
 NAMES = ("weight", "bias")
 
 
-class MeanFieldLayer(nn.Module):
+class MeanFieldLayer(nn.Module, abc.ABC):
     """Base of the mean-field Gaussian layers; a subclass defines :meth:`linear_op`.
 
     Parameters
@@ -64,9 +65,9 @@ class MeanFieldLayer(nn.Module):
         self.reset_parameters()
         self.reset_prior()
 
+    @abc.abstractmethod
     def linear_op(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         """The layer's deterministic operation on a shared-shape input ``x``."""
-        raise NotImplementedError
 
     @torch.no_grad()
     def reset_parameters(self) -> None:

@@ -1,10 +1,12 @@
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from cl_bayes.bayes.conv import MeanFieldConv2d
 from cl_bayes.bayes.gaussian import kl_diagonal_gaussians
+from cl_bayes.bayes.layer import MeanFieldLayer
 
 
 def _layer(seed=0):
@@ -114,3 +116,8 @@ def test_kl_is_summed_over_kernels_and_biases_and_vanishes_after_posterior_to_pr
     assert layer.kl().abs() < 1e-5
     layer.kl().backward()
     assert layer.weight_prior_mean.grad is None and layer.weight_posterior_mean.grad is not None
+
+
+def test_the_base_layer_needs_its_linear_operation():
+    with pytest.raises(TypeError, match="linear_op"):
+        MeanFieldLayer((3, 2), (3,), 2)
