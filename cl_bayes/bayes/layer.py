@@ -11,6 +11,11 @@ distribution given the input: ``mean = op(x, W_m) + b_m``, ``variance = op(x^2, 
 exp(b_lv)`` for the layer's linear operation ``op`` (a matrix product, a convolution). For
 an input shared by all K samples (the first layer) the two products are computed once and
 the K samples drawn from them in one vectorised pass.
+
+``sampling="weights"`` draws instead one set of weights and biases per sample, shared by
+every example of the batch, as the official VCL code does (Nguyen et al. 2018). Both
+estimate the same expected log-likelihood; the local trick has lower gradient variance, and
+sampling weights costs K times the input layer's products.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from torch import Tensor, nn
 from cl_bayes.bayes.gaussian import kl_diagonal_gaussians
 
 NAMES = ("weight", "bias")
+SAMPLING = ("local", "weights")
 
 
 class MeanFieldLayer(nn.Module, abc.ABC):
@@ -43,6 +49,9 @@ class MeanFieldLayer(nn.Module, abc.ABC):
     init_std
         Standard deviation of the truncated normal (at two standard deviations) that
         draws the initial posterior means (0.1 in the official VCL code).
+    sampling
+        ``"local"`` (local reparameterisation, one draw per example) or ``"weights"`` (one
+        weight draw per sample, shared by the batch).
     """
 
     def __init__(
@@ -53,8 +62,12 @@ class MeanFieldLayer(nn.Module, abc.ABC):
         prior_var: float = 1.0,
         init_log_var: float = -6.0,
         init_std: float = 0.1,
+        sampling: str = "local",
     ):
         super().__init__()
+        if sampling not in SAMPLING:
+            raise ValueError(f"sampling must be one of {SAMPLING}, got {sampling!r}.")
+        self.sampling = sampling
         self.input_dims = input_dims
         self.prior_var, self.init_log_var, self.init_std = prior_var, init_log_var, init_std
         for name, shape in zip(NAMES, (weight_shape, bias_shape), strict=True):
@@ -68,6 +81,14 @@ class MeanFieldLayer(nn.Module, abc.ABC):
     @abc.abstractmethod
     def linear_op(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         """The layer's deterministic operation on a shared-shape input ``x``."""
+
+    @abc.abstractmethod
+    def per_sample_op(self, x: Tensor, weights: Tensor, biases: Tensor) -> Tensor:
+        """The operation with sample ``k``'s own ``weights[k]``, ``biases[k]`` on ``x[k]``.
+
+        ``x`` is ``(K, batch, ...)``, or a shared-shape input used by every sample;
+        returns ``(K, batch, ...)``.
+        """
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -125,6 +146,8 @@ class MeanFieldLayer(nn.Module, abc.ABC):
         if n_samples is None:
             out = self.linear_op(flat, self.weight_posterior_mean, self.bias_posterior_mean)
             return out.unflatten(0, x.shape[:2]) if per_sample else out
+        if self.sampling == "weights":
+            return self.sample_weights(x, x.shape[0] if per_sample else n_samples)
         mean, variance = self.moments(flat)
         if per_sample:
             mean, variance = mean.unflatten(0, x.shape[:2]), variance.unflatten(0, x.shape[:2])
@@ -132,3 +155,17 @@ class MeanFieldLayer(nn.Module, abc.ABC):
         else:  # shared input: moments once, K draws
             noise = torch.randn((n_samples,) + mean.shape, device=x.device, dtype=x.dtype)
         return mean + variance.sqrt() * noise
+
+    def sample_weights(self, x: Tensor, n_samples: int) -> Tensor:
+        """Outputs for ``n_samples`` weight draws, each shared by the whole batch."""
+        weights, biases = (
+            getattr(self, f"{name}_posterior_mean")
+            + getattr(self, f"{name}_posterior_log_var").mul(0.5).exp()
+            * torch.randn(
+                (n_samples,) + getattr(self, f"{name}_posterior_mean").shape,
+                device=x.device,
+                dtype=x.dtype,
+            )
+            for name in NAMES
+        )
+        return self.per_sample_op(x, weights, biases)

@@ -7,6 +7,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from cl_bayes.bayes.layer import SAMPLING
 from cl_bayes.bayes.linear import MeanFieldLinear
 from cl_bayes.errors import ConfigError
 from cl_bayes.models.mlp import route_heads
@@ -27,6 +28,10 @@ class BayesMLP(nn.Module):
         Variance of the initial prior ``N(0, prior_var)`` of every weight and bias.
     init_log_var
         Initial posterior log-variance.
+    sampling
+        ``"local"``: local reparameterisation, one draw per example (the default, lower
+        gradient variance). ``"weights"``: one weight draw per Monte Carlo sample shared by
+        the batch, as in the official VCL code.
     """
 
     def __init__(
@@ -36,6 +41,7 @@ class BayesMLP(nn.Module):
         head_sizes: Sequence[int],
         prior_var: float = 1.0,
         init_log_var: float = -6.0,
+        sampling: str = "local",
     ):
         super().__init__()
         hidden_sizes = list(hidden_sizes)
@@ -45,26 +51,31 @@ class BayesMLP(nn.Module):
             )
         if prior_var <= 0:
             raise ConfigError(f"model.prior_var must be positive, got {prior_var}.")
+        if sampling not in SAMPLING:
+            raise ConfigError(
+                f"model.sampling must be one of {', '.join(SAMPLING)}, got {sampling!r}."
+            )
         widths = [in_features] + hidden_sizes
         self.body = nn.ModuleList(
-            MeanFieldLinear(a, b, prior_var, init_log_var)
+            MeanFieldLinear(a, b, prior_var, init_log_var, sampling=sampling)
             for a, b in zip(widths[:-1], widths[1:], strict=True)
         )
         self.heads = nn.ModuleList(
-            MeanFieldLinear(widths[-1], size, prior_var, init_log_var) for size in head_sizes
+            MeanFieldLinear(widths[-1], size, prior_var, init_log_var, sampling=sampling)
+            for size in head_sizes
         )
 
     def forward(self, x: Tensor, head: int | Tensor = 0, n_samples: int | None = None) -> Tensor:
         """Logits for inputs ``x`` of shape ``(batch, ...)``.
 
-        With ``n_samples = K`` the logits are sampled (local reparameterisation) and have
-        shape ``(K, batch, outputs)``; with ``None`` the posterior-mean network gives
+        With ``n_samples = K`` the logits are sampled (see ``sampling``) and have shape
+        ``(K, batch, outputs)``; with ``None`` the posterior-mean network gives
         ``(batch, outputs)``.
         """
         h = x.flatten(1)
         for layer in self.body:
-            # The first layer draws K samples from moments shared by all of them (its input
-            # is 2-D); later layers get one input per sample (3-D) and draw once for each.
+            # The first layer draws K samples for an input shared by all of them (2-D);
+            # later layers get one input per sample (3-D).
             h = torch.relu(layer(h, n_samples))
         return route_heads(self.heads, h, head, n_samples)
 
