@@ -42,3 +42,4 @@ lint: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/finetune_epoch.py
 	$(VENV)/bin/python benchmarks/vcl_epoch.py
+	$(VENV)/bin/python benchmarks/split_mnist_protocol.py

@@ -30,7 +30,11 @@ from cl_bayes.scenario import Scenario
 
 def minimal_epoch(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> None:
     model = nn.Sequential(
-        nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(784, 256),
+        nn.ReLU(),
+        nn.Linear(256, 256),
+        nn.ReLU(),
         nn.Linear(256, 2),
     ).to(x.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -51,8 +55,14 @@ def main() -> None:
 
     register_task_sequences()
     root = os.environ.get("CL_BAYES_DATA", str(Path(__file__).resolve().parents[1] / "data"))
-    overrides = ["method=finetune", "train.epochs=1", "train.batch_size=128", "progress=false",
-                 f"device={args.device}", "model.hidden_sizes=[256,256]"]
+    overrides = [
+        "method=finetune",
+        "train.epochs=1",
+        "train.batch_size=128",
+        "progress=false",
+        f"device={args.device}",
+        "model.hidden_sizes=[256,256]",
+    ]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     device = resolve_device(cfg.device)
@@ -66,7 +76,9 @@ def main() -> None:
     suite_times, minimal_times = [], []
     for repeat in range(args.repeats + 1):  # the first round warms up both
         torch.manual_seed(repeat)
-        model = instantiate(cfg.model, in_features=784, head_sizes=scenario.head_sizes(sequence))
+        model = instantiate(
+            cfg.model, input_shape=[1, 28, 28], head_sizes=scenario.head_sizes(sequence)
+        )
         model = model.to(device)
         started = time.perf_counter()
         train_task(cfg, Finetune(), model, data, 0, sequence.n_tasks)

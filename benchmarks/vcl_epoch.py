@@ -48,7 +48,7 @@ def epoch_seconds(method_name: str, samples: int, device: str, root: str, repeat
     times = []
     for repeat in range(repeats + 1):  # the first epoch warms up
         torch.manual_seed(repeat)
-        model = instantiate(cfg.model, in_features=784, head_sizes=[2] * sequence.n_tasks)
+        model = instantiate(cfg.model, input_shape=[1, 28, 28], head_sizes=[2] * sequence.n_tasks)
         model = model.to(device)
         method = instantiate(cfg.method)
         method.before_task(model, 0, data)

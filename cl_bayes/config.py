@@ -69,7 +69,9 @@ def check_config(cfg: DictConfig) -> None:
         _positive(cfg.optimizer.lr, "optimizer.lr")
     if "hidden_sizes" in cfg.model:
         sizes = cfg.model.hidden_sizes
-        if not sizes or any(not isinstance(h, int) or h < 1 for h in sizes):
+        # A CNN may go straight from its convolutions to the heads; an MLP needs a layer.
+        empty_ok = "conv_channels" in cfg.model and sizes is not None
+        if (not sizes and not empty_ok) or any(not isinstance(h, int) or h < 1 for h in sizes):
             raise ConfigError(
                 f"model.hidden_sizes must list at least one positive width, e.g. [256,256]; "
                 f"got {OmegaConf.to_container(sizes) if sizes is not None else None}."

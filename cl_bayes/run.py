@@ -81,7 +81,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     eval_sets = [labelled(sequence, scenario, t, cfg.evaluate_on) for t in range(T)]
     model = instantiate(
         cfg.model,
-        in_features=int(np.prod(sequence.input_shape)),
+        input_shape=list(sequence.input_shape),
         head_sizes=scenario.head_sizes(sequence),
     ).to(device)
     method: Method = instantiate(cfg.method)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torchvision
 from hydra import compose, initialize_config_dir
 
 import cl_bayes.data
@@ -132,3 +135,52 @@ def reference_cli_run(tmp_path_factory, data_root):
     run_dir, results = base / "run", base / "results"
     proc = run_cli(*LONG_ENOUGH, f"results_dir={results}", f"hydra.run.dir={run_dir}", cwd=cwd)
     return proc, cwd, run_dir, results
+
+
+def _write_tiny_cifar10(root: Path, rng: np.random.Generator) -> dict:
+    """CIFAR-10 as torchvision stores it: pickled dicts, uint8 ``(n, 3072)`` rows of R, G, B."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    batches = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = list(range(10)) * 2  # every class twice per file
+        rows = rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8)
+        rows[0, :] = 0
+        rows[1, :] = 255
+        batches[name] = (rows, labels)
+        with open(folder / name, "wb") as handle:
+            pickle.dump(
+                {"batch_label": name, "data": rows, "labels": labels, "filenames": []}, handle
+            )
+    with open(folder / "batches.meta", "wb") as handle:
+        names = [
+            "airplane",
+            "automobile",
+            "bird",
+            "cat",
+            "deer",
+            "dog",
+            "frog",
+            "horse",
+            "ship",
+            "truck",
+        ]
+        pickle.dump({"label_names": names, "num_cases_per_batch": 20, "num_vis": 3072}, handle)
+    return batches
+
+
+@pytest.fixture
+def tiny_cifar10(tmp_path, monkeypatch):
+    """``(root, batches)``: a 120-image CIFAR-10 under ``root`` in torchvision's format.
+
+    Every class appears twice in each of the five training files and the test file; the
+    first image of each file is all zeros, the second all 255. torchvision checks each
+    file's md5 against the real CIFAR-10 release, which these tiny files cannot match; any
+    existing file is accepted instead (only in the tests using this fixture). The module's
+    function is patched because ``CIFAR10._check_integrity`` and ``_load_meta`` both call it.
+    """
+    batches = _write_tiny_cifar10(tmp_path, np.random.default_rng(0))
+    monkeypatch.setattr(
+        torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path)
+    )
+    return tmp_path, batches

@@ -107,7 +107,9 @@ def test_every_combination_composes_and_instantiates(
     scenario = Scenario.parse(cfg.scenario)
     scenario.check(sequence)
     try:
-        net = instantiate(cfg.model, in_features=784, head_sizes=scenario.head_sizes(sequence))
+        net = instantiate(
+            cfg.model, input_shape=[1, 28, 28], head_sizes=scenario.head_sizes(sequence)
+        )
         learner = instantiate(cfg.method)
         data = labelled(sequence, scenario, 0, "train")
         learner.before_task(net, 0, learner.training_data(0, [data]))

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import pickle
-
 import numpy as np
 import pytest
 import torch
@@ -201,47 +198,8 @@ def test_rotations(mnist, cached_data, data_root):
         )
 
 
-def _write_tiny_cifar10(root, rng):
-    """CIFAR-10 as torchvision stores it: pickled dicts, uint8 ``(n, 3072)`` rows of R, G, B."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    batches = {}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        labels = list(range(10)) * 2  # every class twice per file
-        rows = rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8)
-        rows[0, :] = 0
-        rows[1, :] = 255
-        batches[name] = (rows, labels)
-        with open(folder / name, "wb") as handle:
-            pickle.dump(
-                {"batch_label": name, "data": rows, "labels": labels, "filenames": []}, handle
-            )
-    with open(folder / "batches.meta", "wb") as handle:
-        names = [
-            "airplane",
-            "automobile",
-            "bird",
-            "cat",
-            "deer",
-            "dog",
-            "frog",
-            "horse",
-            "ship",
-            "truck",
-        ]
-        pickle.dump({"label_names": names, "num_cases_per_batch": 20, "num_vis": 3072}, handle)
-    return batches
-
-
-def test_split_cifar10_from_files_in_torchvisions_format(tmp_path, monkeypatch):
-    batches = _write_tiny_cifar10(tmp_path, np.random.default_rng(0))
-    # torchvision checks each file's md5 against the real CIFAR-10 release, which these tiny
-    # files cannot match; accept any file that exists instead (only in this test). The
-    # module-level function is patched because CIFAR10._check_integrity and _load_meta
-    # (batches.meta) both call it.
-    monkeypatch.setattr(
-        torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path)
-    )
+def test_split_cifar10_from_files_in_torchvisions_format(tiny_cifar10):
+    tmp_path, batches = tiny_cifar10
     seq = data.split_sequence(
         "split_cifar10",
         "CIFAR10",

@@ -120,7 +120,8 @@ class VCL(Method):
         """Give new heads a fresh posterior and prior; on task 1, the maximum-likelihood start."""
         if not hasattr(model, "kl"):
             raise ConfigError(
-                f"method=vcl needs a Bayesian model (model=bayes_mlp), got {type(model).__name__}."
+                f"method=vcl needs a Bayesian model (model=bayes_mlp or model=bayes_cnn), "
+                f"got {type(model).__name__}."
             )
         self._n_train = max(len(data), 1)
         heads = [data.head] if isinstance(data.head, int) else data.head.unique().tolist()

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from cl_bayes.bayes.layer import SAMPLING
 from cl_bayes.bayes.linear import MeanFieldLinear
 from cl_bayes.errors import ConfigError
-from cl_bayes.models.mlp import route_heads
+from cl_bayes.models.bayesian import BayesianNetwork, check_options
+from cl_bayes.models.mlp import flat_size, route_heads
 
 
-class BayesMLP(nn.Module):
+class BayesMLP(BayesianNetwork):
     """ReLU network of :class:`MeanFieldLinear` layers; images are flattened first.
 
     Parameters
     ----------
-    in_features
-        Input size (``channels * height * width``).
+    input_shape
+        Shape of one input, ``(channels, height, width)``, or its flattened size.
     hidden_sizes
         Width of each hidden layer, e.g. ``[256, 256]``.
     head_sizes
@@ -36,7 +36,7 @@ class BayesMLP(nn.Module):
 
     def __init__(
         self,
-        in_features: int,
+        input_shape: int | Sequence[int],
         hidden_sizes: Sequence[int],
         head_sizes: Sequence[int],
         prior_var: float = 1.0,
@@ -45,17 +45,10 @@ class BayesMLP(nn.Module):
     ):
         super().__init__()
         hidden_sizes = list(hidden_sizes)
-        if not hidden_sizes or any(int(h) < 1 for h in hidden_sizes):
-            raise ConfigError(
-                f"model.hidden_sizes must list at least one positive width, got {hidden_sizes}."
-            )
-        if prior_var <= 0:
-            raise ConfigError(f"model.prior_var must be positive, got {prior_var}.")
-        if sampling not in SAMPLING:
-            raise ConfigError(
-                f"model.sampling must be one of {', '.join(SAMPLING)}, got {sampling!r}."
-            )
-        widths = [in_features] + hidden_sizes
+        if not hidden_sizes:
+            raise ConfigError("model.hidden_sizes must list at least one width, e.g. [256, 256].")
+        check_options(hidden_sizes, prior_var, sampling)
+        widths = [flat_size(input_shape)] + hidden_sizes
         self.body = nn.ModuleList(
             MeanFieldLinear(a, b, prior_var, init_log_var, sampling=sampling)
             for a, b in zip(widths[:-1], widths[1:], strict=True)
@@ -78,11 +71,3 @@ class BayesMLP(nn.Module):
             # later layers get one input per sample (3-D).
             h = torch.relu(layer(h, n_samples))
         return route_heads(self.heads, h, head, n_samples)
-
-    def layers(self, heads: Iterable[int]) -> list[MeanFieldLinear]:
-        """The body layers and the given heads."""
-        return list(self.body) + [self.heads[i] for i in heads]
-
-    def kl(self, heads: Iterable[int]) -> Tensor:
-        """``KL(posterior || prior)`` over the body and the given heads, summed."""
-        return sum(layer.kl() for layer in self.layers(heads))

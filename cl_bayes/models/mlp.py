@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -27,20 +28,30 @@ def route_heads(heads: nn.ModuleList, features: Tensor, head: int | Tensor, *arg
     return out
 
 
+def flat_size(input_shape: int | Sequence[int]) -> int:
+    """Number of input features: ``input_shape`` itself, or the product of a shape."""
+    return input_shape if isinstance(input_shape, int) else math.prod(input_shape)
+
+
 class MLP(nn.Module):
     """Fully connected ReLU network; images are flattened first.
 
     Parameters
     ----------
-    in_features
-        Input size (``channels * height * width``).
+    input_shape
+        Shape of one input, ``(channels, height, width)``, or its flattened size.
     hidden_sizes
         Width of each hidden layer, e.g. ``[256, 256]``.
     head_sizes
         Outputs of each head: one head per task (task-incremental) or a single shared head.
     """
 
-    def __init__(self, in_features: int, hidden_sizes: Sequence[int], head_sizes: Sequence[int]):
+    def __init__(
+        self,
+        input_shape: int | Sequence[int],
+        hidden_sizes: Sequence[int],
+        head_sizes: Sequence[int],
+    ):
         super().__init__()
         hidden_sizes = list(hidden_sizes)
         if not hidden_sizes or any(int(h) < 1 for h in hidden_sizes):
@@ -48,7 +59,7 @@ class MLP(nn.Module):
                 f"model.hidden_sizes must list at least one positive width, got {hidden_sizes}."
             )
         layers: list[nn.Module] = [nn.Flatten()]
-        width = in_features
+        width = flat_size(input_shape)
         for hidden in hidden_sizes:
             layers += [nn.Linear(width, hidden), nn.ReLU()]
             width = hidden

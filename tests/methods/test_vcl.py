@@ -196,3 +196,26 @@ def test_vcl_resume_is_bit_identical(tiny_cfg, tmp_path, monkeypatch, cached_dat
         np.array(resumed["accuracy_matrix"], dtype=float),
         np.array(full["accuracy_matrix"], dtype=float),
     )
+
+
+def test_vcl_trains_a_bayesian_cnn_on_split_cifar10_files(tiny_cfg, tiny_cifar10, tmp_path):
+    root, _ = tiny_cifar10
+    cfg = tiny_cfg(
+        "task=split_cifar10",
+        "task.n_tasks=2",
+        "method=vcl",
+        "model=bayes_cnn",
+        "model.conv_channels=[4,4]",
+        "model.hidden_sizes=[8]",
+        "train.epochs=2",
+        "method.train_samples=2",
+        "method.predict_samples=4",
+        "method.coreset_size=2",
+        f"data.root={root}",
+        "data.download=false",
+    )
+    assert cfg.model._target_.endswith("BayesCNN")
+    record = run(cfg, tmp_path / "cnn")
+    assert record["status"] == "completed"
+    matrix = np.array(record["accuracy_matrix"], dtype=float)
+    assert np.isfinite(np.diag(matrix)).all() and np.isfinite(matrix[1]).all()

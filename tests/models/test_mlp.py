@@ -10,7 +10,7 @@ from cl_bayes.models.mlp import MLP, reset_parameters
 @pytest.fixture
 def model():
     torch.manual_seed(0)
-    return MLP(in_features=12, hidden_sizes=[8, 6], head_sizes=[3, 3, 3])
+    return MLP(input_shape=[3, 2, 2], hidden_sizes=[8, 6], head_sizes=[3, 3, 3])
 
 
 def test_layers_follow_the_configured_sizes(model):
