@@ -108,9 +108,16 @@ def suite_step_seconds(steps: int, device: torch.device, root: str):
     return min(times), sizes, cfg
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--steps", type=_at_least_one, default=3)
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     keep_freed_memory()
@@ -119,6 +126,10 @@ def main() -> None:
     device = resolve_device(args.device)
 
     step_s, sizes, cfg = suite_step_seconds(args.steps, device, root)
+    if cfg.model.sampling != "local":
+        raise SystemExit(
+            "the product count assumes local reparameterisation (model.sampling=local)"
+        )
     epochs, k = cfg.train.epochs, cfg.method.train_samples
     widths = [784] + list(cfg.model.hidden_sizes) + [2]
     macs, floor_s = 0, 0.0

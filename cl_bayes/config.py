@@ -10,6 +10,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
+from cl_bayes.bayes.layer import SAMPLING
 from cl_bayes.errors import ConfigError, UserError
 from cl_bayes.scenario import Scenario
 
@@ -72,10 +73,15 @@ def check_config(cfg: DictConfig) -> None:
         # A CNN may go straight from its convolutions to the heads; an MLP needs a layer.
         empty_ok = "conv_channels" in cfg.model and sizes is not None
         if (not sizes and not empty_ok) or any(not isinstance(h, int) or h < 1 for h in sizes):
+            what = "positive widths (or none)" if empty_ok else "at least one positive width"
             raise ConfigError(
-                f"model.hidden_sizes must list at least one positive width, e.g. [256,256]; "
+                f"model.hidden_sizes must list {what}, e.g. [256,256]; "
                 f"got {OmegaConf.to_container(sizes) if sizes is not None else None}."
             )
+    if "sampling" in cfg.model and cfg.model.sampling not in SAMPLING:
+        raise ConfigError(
+            f"model.sampling must be one of {', '.join(SAMPLING)}, got {cfg.model.sampling!r}."
+        )
     if cfg.evaluate_on not in ("test", "val"):
         raise ConfigError(f"evaluate_on must be 'test' or 'val', got {cfg.evaluate_on!r}.")
     if cfg.evaluate_on == "val" and not cfg.task.get("val_fraction"):

@@ -79,6 +79,10 @@ SCENARIO_NAMES = {
 NOT_METRICS = {"tasks", "average_accuracy"}
 # Top-level config keys the fingerprint leaves out, besides LOCAL_KEYS (left out at any depth).
 NOT_FINGERPRINTED_TOP = frozenset({"seed", "hydra"})
+# Options added after records were first written, with the value every earlier run had: a
+# record without the option and one with this value ran the same experiment, so the
+# fingerprint leaves the option out when it has this value.
+ADDED_OPTIONS = {("model", "sampling"): "local"}
 LEGEND = (
     "A row is a group: the completed runs of one task, scenario, method, protocol and "
     "configuration (its fingerprint is shown as (config …) where one protocol was run with "
@@ -255,11 +259,20 @@ def experiment_config(config: Any, top: bool = True) -> Any:
     """``config`` without what is local to a machine or varies between seeds.
 
     Drops :data:`cl_bayes.run.LOCAL_KEYS` at every depth (e.g. ``method.progress``, which is
-    ``${progress}``) and, at the top, ``seed`` and ``hydra``.
+    ``${progress}``), at the top ``seed`` and ``hydra``, and the :data:`ADDED_OPTIONS` that
+    have the value runs had before they existed.
     """
     if isinstance(config, dict):
         dropped = set(LOCAL_KEYS) | (NOT_FINGERPRINTED_TOP if top else set())
-        return {k: experiment_config(v, False) for k, v in config.items() if k not in dropped}
+        kept = {k: experiment_config(v, False) for k, v in config.items() if k not in dropped}
+        if top:
+            for (*parents, name), value in ADDED_OPTIONS.items():
+                section = kept
+                for key in parents:
+                    section = section.get(key) if isinstance(section, dict) else None
+                if isinstance(section, dict) and section.get(name) == value:
+                    del section[name]
+        return kept
     if isinstance(config, list):
         return [experiment_config(v, False) for v in config]
     return config

@@ -142,6 +142,7 @@ def test_every_combination_composes_and_instantiates(
         ("train.batch_size=0", r"train\.batch_size .*must be a positive number"),
         ("model.hidden_sizes=[]", r"model\.hidden_sizes must list at least one positive width"),
         ("model.hidden_sizes=[16,0]", r"model\.hidden_sizes must list at least one positive"),
+        ("model.sampling=flipout", r"model\.sampling must be one of local, weights, got 'flip"),
         ("scenario=tasks", r"Unknown scenario 'tasks'\. Valid scenarios: task, domain, class"),
         ("evaluate_on=val", r"evaluate_on=val needs a validation split: set task\.val_fraction"),
         ("evaluate_on=train", r"evaluate_on must be 'test' or 'val'"),

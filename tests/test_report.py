@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import json
 import logging
@@ -319,6 +320,18 @@ def test_config_fingerprint_leaves_out_seed_and_machine_local_keys():
     assert report.config_fingerprint(make_record("s", seed=4, epochs=7)["config"]) == expected
     assert report.config_fingerprint(make_record("t", seed=3, epochs=8)["config"]) != expected
     assert report.config_fingerprint(None) == "none"
+
+
+def test_an_option_added_later_at_its_old_value_keeps_the_fingerprint():
+    before = make_record("r", seed=0, epochs=7)
+    before["config"]["model"] = {"hidden_sizes": [100, 100]}
+    local, weights = copy.deepcopy(before), copy.deepcopy(before)
+    local["config"]["model"]["sampling"] = "local"
+    weights["config"]["model"]["sampling"] = "weights"
+    fingerprint = report.config_fingerprint(before["config"])
+    assert report.config_fingerprint(local["config"]) == fingerprint
+    assert report.config_fingerprint(weights["config"]) != fingerprint
+    assert local["config"]["model"]["sampling"] == "local"  # the record itself is untouched
 
 
 def test_settings_that_differ_under_one_protocol_give_labelled_rows(tmp_path):

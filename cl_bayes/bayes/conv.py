@@ -1,4 +1,4 @@
-"""Mean-field Gaussian 2-D convolution with local reparameterisation (see ``layer.py``).
+"""Mean-field Gaussian 2-D convolution (local reparameterisation or weight sampling; ``layer.py``).
 
 For CIFAR-sized models. The variance of an output is the convolution of the squared input
 with the weights' variances (plus the bias variance): the same local reparameterisation as

@@ -26,6 +26,11 @@ def kl_diagonal_gaussians(
 class _KLDiagonalGaussians(torch.autograd.Function):
     @staticmethod
     def forward(ctx, posterior_mean, posterior_log_var, prior_mean, prior_log_var):
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
+            raise ValueError(
+                "kl_diagonal_gaussians differentiates the posterior only; pass the prior "
+                "detached (prior.detach())."
+            )
         log_ratio = posterior_log_var - prior_log_var
         variance_ratio = log_ratio.exp()
         difference = posterior_mean - prior_mean
@@ -35,6 +40,7 @@ class _KLDiagonalGaussians(torch.autograd.Function):
         return 0.5 * (variance_ratio.sum() - log_ratio.sum() + mean_term - difference.numel())
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         scaled_difference, variance_ratio = ctx.saved_tensors
         return scaled_difference * grad, (variance_ratio - 1.0).mul_(0.5 * grad), None, None

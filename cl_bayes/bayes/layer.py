@@ -15,7 +15,7 @@ the K samples drawn from them in one vectorised pass.
 ``sampling="weights"`` draws instead one set of weights and biases per sample, shared by
 every example of the batch, as the official VCL code does (Nguyen et al. 2018). Both
 estimate the same expected log-likelihood; the local trick has lower gradient variance, and
-sampling weights costs K times the input layer's products.
+sampling weights costs K input-layer products where the local trick needs two.
 """
 
 from __future__ import annotations
@@ -33,7 +33,10 @@ SAMPLING = ("local", "weights")
 
 
 class MeanFieldLayer(nn.Module, abc.ABC):
-    """Base of the mean-field Gaussian layers; a subclass defines :meth:`linear_op`.
+    """Base of the mean-field Gaussian layers.
+
+    A subclass defines :meth:`linear_op` (the deterministic operation) and
+    :meth:`per_sample_op` (the same with one set of weights per sample).
 
     Parameters
     ----------

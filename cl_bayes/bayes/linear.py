@@ -1,4 +1,4 @@
-"""Mean-field Gaussian linear layer with local reparameterisation (see ``layer.py``)."""
+"""Mean-field Gaussian linear layer: local reparameterisation or weight sampling (``layer.py``)."""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from typing import Sequence
 
 import torch
@@ -50,18 +51,23 @@ class BayesCNN(BayesianNetwork):
         sampling: str = "local",
     ):
         super().__init__()
-        input_shape, conv_channels = list(input_shape), list(conv_channels)
-        hidden_sizes = list(hidden_sizes)
-        if len(input_shape) != 3:
+        if isinstance(input_shape, numbers.Integral) or len(input_shape) != 3:
             raise ConfigError(
                 f"model=bayes_cnn needs image inputs (channels, height, width); this task's "
-                f"inputs have shape {tuple(input_shape)}."
+                f"inputs have shape {input_shape}."
             )
-        if not conv_channels or any(int(c) < 1 for c in conv_channels) or pool_every < 0:
+        input_shape, conv_channels = list(input_shape), list(conv_channels)
+        hidden_sizes = list(hidden_sizes)
+        if not conv_channels or any(
+            not isinstance(c, numbers.Integral) or c < 1 for c in conv_channels
+        ):
             raise ConfigError(
                 "model.conv_channels must list at least one positive channel count, e.g. "
-                f"[32, 32, 64, 64], and model.pool_every must be >= 0; got {conv_channels} "
-                f"and {pool_every}."
+                f"[32, 32, 64, 64]; got {conv_channels}."
+            )
+        if not isinstance(pool_every, numbers.Integral) or pool_every < 0:
+            raise ConfigError(
+                f"model.pool_every must be a whole number >= 0 (0: no pooling); got {pool_every!r}."
             )
         check_options(hidden_sizes, prior_var, sampling)
         channels, height, width = input_shape

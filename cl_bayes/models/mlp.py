@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Sequence
 
 import torch
@@ -30,7 +31,9 @@ def route_heads(heads: nn.ModuleList, features: Tensor, head: int | Tensor, *arg
 
 def flat_size(input_shape: int | Sequence[int]) -> int:
     """Number of input features: ``input_shape`` itself, or the product of a shape."""
-    return input_shape if isinstance(input_shape, int) else math.prod(input_shape)
+    if isinstance(input_shape, numbers.Integral):
+        return int(input_shape)
+    return math.prod(input_shape)
 
 
 class MLP(nn.Module):

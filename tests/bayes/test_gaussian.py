@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
@@ -41,3 +42,11 @@ def test_kl_closed_form_gradients_match_autograd_of_the_formula():
     scaled = torch.autograd.grad(3.0 * kl_diagonal_gaussians(mq, lvq, mp, lvp), (mq, lvq))
     for got, want in zip(scaled, expected, strict=True):
         assert torch.allclose(got, 3.0 * want)
+
+
+def test_a_prior_that_needs_gradients_is_refused():
+    mean, log_var = torch.randn(3, requires_grad=True), torch.randn(3, requires_grad=True)
+    prior_mean = torch.randn(3, requires_grad=True)
+    with pytest.raises(ValueError, match="differentiates the posterior only"):
+        kl_diagonal_gaussians(mean, log_var, prior_mean, torch.zeros(3))
+    kl_diagonal_gaussians(mean, log_var, prior_mean.detach(), torch.zeros(3)).backward()

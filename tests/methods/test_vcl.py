@@ -198,6 +198,15 @@ def test_vcl_resume_is_bit_identical(tiny_cfg, tmp_path, monkeypatch, cached_dat
     )
 
 
+def test_weight_sampling_runs_through_the_command_line_config(tiny_cfg, tmp_path, cached_data):
+    cfg = tiny_cfg("method=vcl", "model.sampling=weights", "task.n_tasks=2", "train.epochs=3")
+    model = instantiate(cfg.model, input_shape=[1, 28, 28], head_sizes=[2, 2])
+    assert {layer.sampling for layer in model.layers([0, 1])} == {"weights"}
+    record = run(cfg, tmp_path / "weights")
+    assert record["status"] == "completed" and record["config"]["model"]["sampling"] == "weights"
+    assert record["accuracy_matrix"][0][0] > 0.9  # 0 vs 1, learned (chance: 0.5)
+
+
 def test_vcl_trains_a_bayesian_cnn_on_split_cifar10_files(tiny_cfg, tiny_cifar10, tmp_path):
     root, _ = tiny_cifar10
     cfg = tiny_cfg(

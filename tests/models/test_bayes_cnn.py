@@ -61,6 +61,16 @@ def test_samples_have_their_shape_and_collapse_to_the_mean_without_variance(samp
         assert torch.allclose(sampled[k], mean, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "pool_every, input_shape, flat_features",
+    [(0, [3, 8, 8], 6 * 8 * 8), (3, [3, 8, 8], 6 * 8 * 8), (1, [3, 9, 7], 6 * 2 * 1)],
+)
+def test_pooling_options_and_odd_image_sizes(pool_every, input_shape, flat_features):
+    model = _model(pool_every=pool_every, input_shape=input_shape)
+    assert model.body[2].weight_posterior_mean.shape == (7, flat_features)
+    assert model(torch.rand(2, *input_shape), 0, n_samples=3).shape == (3, 2, 2)
+
+
 def test_convolutions_straight_into_the_heads():
     model = _model(hidden_sizes=[])
     assert model(torch.rand(2, 3, 8, 8), 0, n_samples=3).shape == (3, 2, 2)
@@ -86,6 +96,9 @@ def test_kl_covers_convolutions_linear_layers_and_the_given_heads():
     "options, message",
     [
         (dict(input_shape=[784]), "needs image inputs"),
+        (dict(input_shape=784), "needs image inputs"),
+        (dict(pool_every=1.5), "model.pool_every"),
+        (dict(pool_every=-1), "model.pool_every"),
         (dict(conv_channels=[]), "model.conv_channels"),
         (dict(conv_channels=[4, 4, 4, 4]), "shrinks a 8x8 image"),
         (dict(sampling="flipout"), "model.sampling"),
