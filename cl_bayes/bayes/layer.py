@@ -161,14 +161,10 @@ class MeanFieldLayer(nn.Module, abc.ABC):
 
     def sample_weights(self, x: Tensor, n_samples: int) -> Tensor:
         """Outputs for ``n_samples`` weight draws, each shared by the whole batch."""
-        weights, biases = (
-            getattr(self, f"{name}_posterior_mean")
-            + getattr(self, f"{name}_posterior_log_var").mul(0.5).exp()
-            * torch.randn(
-                (n_samples,) + getattr(self, f"{name}_posterior_mean").shape,
-                device=x.device,
-                dtype=x.dtype,
-            )
-            for name in NAMES
-        )
-        return self.per_sample_op(x, weights, biases)
+        draws = []
+        for name in NAMES:
+            mean = getattr(self, f"{name}_posterior_mean")
+            std = getattr(self, f"{name}_posterior_log_var").mul(0.5).exp()
+            noise = torch.randn((n_samples,) + mean.shape, device=x.device, dtype=x.dtype)
+            draws.append(mean + std * noise)
+        return self.per_sample_op(x, *draws)
