@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cl_bayes.bayes.layer import SAMPLING
 from cl_bayes.errors import ConfigError, UserError
+from cl_bayes.models.bayes_cnn import check_conv_options
 from cl_bayes.scenario import Scenario
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -78,6 +79,12 @@ def check_config(cfg: DictConfig) -> None:
                 f"model.hidden_sizes must list {what}, e.g. [256,256]; "
                 f"got {OmegaConf.to_container(sizes) if sizes is not None else None}."
             )
+    if "conv_channels" in cfg.model:
+        channels = cfg.model.conv_channels
+        check_conv_options(
+            OmegaConf.to_container(channels) if OmegaConf.is_list(channels) else channels,
+            cfg.model.get("pool_every"),
+        )
     if "sampling" in cfg.model and cfg.model.sampling not in SAMPLING:
         raise ConfigError(
             f"model.sampling must be one of {', '.join(SAMPLING)}, got {cfg.model.sampling!r}."

@@ -157,6 +157,32 @@ def test_bad_values_fail_before_anything_is_written(override, message, compose_c
     assert not (tmp_path / "run").exists() and not (tmp_path / "results").exists()
 
 
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.conv_channels=[]", r"model\.conv_channels must list at least one positive channel"),
+        ("model.conv_channels=[8,0]", r"model\.conv_channels .*got \[8, 0\]"),
+        ("model.conv_channels=16", r"model\.conv_channels .*got 16"),
+        ("model.pool_every=-1", r"model\.pool_every must be a whole number >= 0"),
+        ("model.pool_every=1.5", r"model\.pool_every .*got 1\.5"),
+    ],
+)
+def test_bad_cnn_options_fail_before_the_data_loads(override, message, compose_cfg, tmp_path):
+    # The data root is empty and downloads are off: loading first would fail differently.
+    cfg = compose_cfg(
+        *SMALL,
+        "model=bayes_cnn",
+        f"data.root={tmp_path / 'no_data'}",
+        "data.download=false",
+        f"results_dir={tmp_path / 'results'}",
+        override,
+    )
+    with pytest.raises(ConfigError, match=message) as info:
+        run(cfg, tmp_path / "run")
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "results").exists()
+
+
 def test_null_batch_size_means_full_batch_and_is_valid(compose_cfg):
     check_config(compose_cfg("train.batch_size=null"))
     check_config(compose_cfg("evaluate_on=val", "task.val_fraction=0.1"))

@@ -56,19 +56,9 @@ class BayesCNN(BayesianNetwork):
                 f"model=bayes_cnn needs image inputs (channels, height, width); this task's "
                 f"inputs have shape {input_shape}."
             )
+        check_conv_options(conv_channels, pool_every)
         input_shape, conv_channels = list(input_shape), list(conv_channels)
         hidden_sizes = list(hidden_sizes)
-        if not conv_channels or any(
-            not isinstance(c, numbers.Integral) or c < 1 for c in conv_channels
-        ):
-            raise ConfigError(
-                "model.conv_channels must list at least one positive channel count, e.g. "
-                f"[32, 32, 64, 64]; got {conv_channels}."
-            )
-        if not isinstance(pool_every, numbers.Integral) or pool_every < 0:
-            raise ConfigError(
-                f"model.pool_every must be a whole number >= 0 (0: no pooling); got {pool_every!r}."
-            )
         check_options(hidden_sizes, prior_var, sampling)
         channels, height, width = input_shape
         n_pools = len(conv_channels) // pool_every if pool_every else 0
@@ -109,3 +99,31 @@ class BayesCNN(BayesianNetwork):
         if len(self.body) == self.n_convs:
             h = h.flatten(-3)
         return route_heads(self.heads, h, head, n_samples)
+
+
+def check_conv_options(conv_channels: Sequence[int], pool_every: int) -> None:
+    """One clear :class:`ConfigError` for convolution options that cannot work.
+
+    Called by :class:`BayesCNN` and, before any data loads, by ``check_config``.
+    """
+    if (
+        isinstance(conv_channels, str)
+        or not isinstance(conv_channels, Sequence)
+        or not conv_channels
+        or any(
+            isinstance(c, bool) or not isinstance(c, numbers.Integral) or c < 1
+            for c in conv_channels
+        )
+    ):
+        raise ConfigError(
+            "model.conv_channels must list at least one positive channel count, e.g. "
+            f"[32, 32, 64, 64]; got {conv_channels}."
+        )
+    if (
+        isinstance(pool_every, bool)
+        or not isinstance(pool_every, numbers.Integral)
+        or pool_every < 0
+    ):
+        raise ConfigError(
+            f"model.pool_every must be a whole number >= 0 (0: no pooling); got {pool_every!r}."
+        )
