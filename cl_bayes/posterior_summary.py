@@ -23,6 +23,7 @@ from torch import Tensor
 
 from cl_bayes import checkpoint
 from cl_bayes.bayes.gaussian import kl_diagonal_gaussians
+from cl_bayes.bayes.layer import NAMES
 from cl_bayes.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def layer_summaries(
         ):
             continue
         kl = 0.0
-        for name in ("weight", "bias"):
+        for name in NAMES:
             mean = state_dict[f"{layer}.{name}_posterior_mean"].double()
             log_var = state_dict[f"{layer}.{name}_posterior_log_var"].double()
             prior_log_var = torch.full_like(log_var, math.log(prior_var))
@@ -95,8 +96,14 @@ def summarise_checkpoint(path: Path) -> tuple[str, list[dict[str, Any]]]:
             f"no checkpoint at {file}: pass a run's output directory (it holds "
             f"{checkpoint.CHECKPOINT_NAME}) or the checkpoint file itself."
         )
-    state = checkpoint.load(file)
-    model_state = state.get("model", {})
+    try:
+        state = checkpoint.load(file)
+    except Exception as error:  # not a file torch.save wrote: pickle, zip or format errors
+        raise UserError(
+            f"{file} is not a checkpoint that python -m cl_bayes wrote ({type(error).__name__}): "
+            f"pass a run's output directory or its {checkpoint.CHECKPOINT_NAME}."
+        ) from None
+    model_state = state.get("model", {}) if isinstance(state, dict) else {}
     if not any(key.endswith(SUFFIX) for key in model_state):
         raise UserError(
             f"{file} holds no mean-field Gaussian layers: it is not a run of a Bayesian model "

@@ -80,3 +80,7 @@ def test_a_missing_checkpoint_or_a_deterministic_model_is_one_clear_error(tmp_pa
     checkpoint.save(tmp_path / "checkpoint.pt", {"model": deterministic.state_dict()})
     assert main([str(tmp_path / "checkpoint.pt")]) == 2
     assert "no mean-field Gaussian layers" in caplog.text
+    caplog.clear()
+    (tmp_path / "record.json").write_text('{"status": "completed"}')
+    assert main([str(tmp_path / "record.json")]) == 2
+    assert "is not a checkpoint that python -m cl_bayes wrote" in caplog.text
