@@ -1,0 +1,51 @@
+"""The paper-protocol experiment files compose to the protocol of Nguyen et al. (ICLR 2018)."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from cl_bayes.config import CONF_DIR, register_task_sequences
+
+SPLIT = {"task": "split_mnist", "scenario": "task", "hidden": [256, 256], "epochs": 120}
+SPLIT.update(batch_size=None, coreset=40)
+PERMUTED = {"task": "permuted_mnist", "scenario": "domain", "hidden": [100, 100], "epochs": 100}
+PERMUTED.update(batch_size=256, coreset=200)
+
+# experiment file -> (protocol, coreset method or None, sampling)
+PROTOCOLS = {
+    "vcl_split_mnist": (SPLIT, None, "local"),
+    "vcl_split_mnist_random_coreset": (SPLIT, "random", "local"),
+    "vcl_split_mnist_k_center_coreset": (SPLIT, "k_center", "local"),
+    # plain VCL samples one set of weights per Monte Carlo sample, as the official code does
+    "vcl_permuted_mnist": (PERMUTED, None, "weights"),
+    "vcl_permuted_mnist_random_coreset": (PERMUTED, "random", "local"),
+    "vcl_permuted_mnist_k_center_coreset": (PERMUTED, "k_center", "local"),
+}
+
+
+@pytest.mark.parametrize("experiment", sorted(PROTOCOLS))
+def test_a_paper_experiment_composes_to_the_papers_protocol(experiment):
+    protocol, coreset_method, sampling = PROTOCOLS[experiment]
+    register_task_sequences()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", [f"+experiment={experiment}"], return_hydra_config=True)
+    assert cfg.protocol == experiment
+    assert cfg.task.name == protocol["task"] and cfg.scenario == protocol["scenario"]
+    if protocol["task"] == "permuted_mnist":
+        assert cfg.task.n_tasks == 10 and not cfg.task.first_unpermuted
+    assert list(cfg.model.hidden_sizes) == protocol["hidden"]
+    assert (cfg.model.prior_var, cfg.model.init_log_var) == (1.0, -6.0)
+    assert cfg.model.sampling == sampling
+    assert cfg.method.epochs == cfg.train.epochs == protocol["epochs"]
+    assert cfg.method.batch_size == cfg.train.batch_size == protocol["batch_size"]
+    assert cfg.optimizer.lr == 0.001
+    assert (cfg.method.train_samples, cfg.method.predict_samples) == (10, 100)
+    assert cfg.method.ml_init and cfg.method.beta == 1.0
+    assert cfg.method.start_from == "posterior"
+    if coreset_method is None:
+        assert cfg.method.coreset_size == 0
+    else:
+        assert cfg.method.coreset_size == protocol["coreset"]
+        assert cfg.method.coreset_method == coreset_method
+    assert list(cfg.hydra.sweeper.params.seed.split(",")) == ["0", "1", "2"]
