@@ -1,6 +1,7 @@
 import math
 
 import torch
+from torch.distributions import Normal, kl_divergence
 
 from cl_bayes.bayes.linear import MeanFieldLinear
 
@@ -97,3 +98,39 @@ def test_kl_sums_weights_and_biases_and_vanishes_after_posterior_to_prior():
     # Prior buffers get no gradient from the KL.
     layer.kl().backward()
     assert layer.weight_prior_mean.grad is None and layer.weight_posterior_mean.grad is not None
+
+
+def _reference_kl(layer):
+    return sum(
+        kl_divergence(
+            Normal(
+                getattr(layer, f"{name}_posterior_mean"),
+                getattr(layer, f"{name}_posterior_log_var").mul(0.5).exp(),
+            ),
+            Normal(
+                getattr(layer, f"{name}_prior_mean"),
+                getattr(layer, f"{name}_prior_log_var").mul(0.5).exp(),
+            ),
+        ).sum()
+        for name in ("weight", "bias")
+    )
+
+
+def test_the_kl_follows_every_change_of_the_prior():
+    """The layer reuses its prior's precisions between steps, never after the prior changed."""
+    layer = _layer()
+    assert torch.allclose(layer.kl(), _reference_kl(layer))
+    with torch.no_grad():  # an in-place write to a prior buffer
+        layer.weight_prior_log_var.add_(0.5)
+    assert torch.allclose(layer.kl(), _reference_kl(layer))
+    other = _layer(seed=1)
+    other.posterior_to_prior()
+    layer.load_state_dict(other.state_dict())
+    assert layer.kl().abs() < 1e-5
+    with torch.no_grad():
+        layer.weight_posterior_mean.add_(0.3)
+    layer.reset_prior()
+    assert torch.allclose(layer.kl(), _reference_kl(layer))
+    layer.double()  # new buffer tensors
+    assert layer.kl().dtype == torch.double
+    assert torch.allclose(layer.kl(), _reference_kl(layer))
