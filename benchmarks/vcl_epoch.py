@@ -4,9 +4,11 @@ All three train a 784-256-256 network with a 2-unit head on the first Split-MNIS
 (digits 0/1, ~12.7k examples), batch 128, Adam lr 1e-3, through the suite's training loop:
 ``finetune`` on the deterministic MLP, and ``vcl`` on the mean-field Bayesian MLP with local
 reparameterisation. Prints the median epoch time of each and the ratios (targets: K = 1
-<= 2.5x, K = 10 <= 9x), plus the peak resident memory.
+<= 2.5x, K = 10 <= 9x), plus the peak resident memory. ``--phases`` adds, for each, where
+one epoch's time goes: drawing the batches, the loss (forward pass and, for VCL, the KL),
+the backward pass and the optimiser step.
 
-    python benchmarks/vcl_epoch.py [--repeats 5] [--device cpu]
+    python benchmarks/vcl_epoch.py [--repeats 5] [--device cpu] [--phases]
 """
 
 from __future__ import annotations
@@ -28,8 +30,11 @@ from cl_bayes.run import labelled, resolve_device
 from cl_bayes.scenario import Scenario
 from cl_bayes.training import fit
 
+PHASES = ("batches", "loss", "backward", "optimizer step")
 
-def epoch_seconds(method_name: str, samples: int, device: str, root: str, repeats: int) -> float:
+
+def setup(method_name: str, samples: int, device: str, root: str):
+    """The config, device and task-1 training data of one of the three measured epochs."""
     overrides = [
         f"method={method_name}",
         "train.epochs=1",
@@ -45,14 +50,26 @@ def epoch_seconds(method_name: str, samples: int, device: str, root: str, repeat
     device = resolve_device(cfg.device)
     sequence = instantiate(cfg.task, root=root, download=True, device=device, seed=0)
     data = labelled(sequence, Scenario.TASK, 0, "train")
+    return cfg, device, data, sequence.n_tasks
+
+
+def fresh(cfg, device: torch.device, data, n_tasks: int, seed: int):
+    """A new model, its method (ready for task 1) and optimiser."""
+    torch.manual_seed(seed)
+    model = instantiate(cfg.model, input_shape=[1, 28, 28], head_sizes=[2] * n_tasks)
+    model = model.to(device)
+    method = instantiate(cfg.method)
+    method.before_task(model, 0, data)
+    optimizer = instantiate(cfg.optimizer)(model.parameters())
+    return model, method, optimizer
+
+
+def epoch_seconds(method_name: str, samples: int, device: str, root: str, repeats: int) -> float:
+    """Median wall time of one epoch through the suite's training loop (after one warm-up)."""
+    cfg, device, data, n_tasks = setup(method_name, samples, device, root)
     times = []
     for repeat in range(repeats + 1):  # the first epoch warms up
-        torch.manual_seed(repeat)
-        model = instantiate(cfg.model, input_shape=[1, 28, 28], head_sizes=[2] * sequence.n_tasks)
-        model = model.to(device)
-        method = instantiate(cfg.method)
-        method.before_task(model, 0, data)
-        optimizer = instantiate(cfg.optimizer)(model.parameters())
+        model, method, optimizer = fresh(cfg, device, data, n_tasks, repeat)
         started = time.perf_counter()
         fit(model, data, method.loss, optimizer, 1, 128, "epoch", progress=False)
         if device.type == "cuda":
@@ -62,10 +79,39 @@ def epoch_seconds(method_name: str, samples: int, device: str, root: str, repeat
     return statistics.median(times)
 
 
+def phase_seconds(method_name: str, samples: int, device: str, root: str) -> dict[str, float]:
+    """Seconds of one epoch (the same steps as ``fit``, after one warm-up) spent per phase."""
+    cfg, device, data, n_tasks = setup(method_name, samples, device, root)
+    model, method, optimizer = fresh(cfg, device, data, n_tasks, 0)
+    fit(model, data, method.loss, optimizer, 1, 128, "warm-up", progress=False)
+    seconds = dict.fromkeys(PHASES, 0.0)
+
+    def clock(phase: str, started: float) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        seconds[phase] += now - started
+        return now
+
+    for index in torch.randperm(len(data), device=data.y.device).split(128):
+        started = time.perf_counter()
+        batch = data.subset(index)
+        started = clock("batches", started)
+        value = method.loss(model, batch)
+        started = clock("loss", started)
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        started = clock("backward", started)
+        optimizer.step()
+        clock("optimizer step", started)
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--phases", action="store_true", help="also time each phase of a step")
     args = parser.parse_args()
     keep_freed_memory()
     register_task_sequences()
@@ -78,6 +124,15 @@ def main() -> None:
     print(f"deterministic (finetune) : {deterministic:.3f} s")
     print(f"VCL, K = 1               : {k1:.3f} s  ({k1 / deterministic:.2f}x, target <= 2.5x)")
     print(f"VCL, K = 10              : {k10:.3f} s  ({k10 / deterministic:.2f}x, target <= 9x)")
+    if args.phases:
+        print("one epoch by phase, s     : " + "  ".join(f"{p:>14}" for p in PHASES))
+        for label, name, samples in (
+            ("deterministic", "finetune", 0),
+            ("VCL, K = 1", "vcl", 1),
+            ("VCL, K = 10", "vcl", 10),
+        ):
+            seconds = phase_seconds(name, samples, args.device, root)
+            print(f"{label:<25}: " + "  ".join(f"{seconds[p]:>14.3f}" for p in PHASES))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS                 : {peak_mb:.0f} MB")
 
