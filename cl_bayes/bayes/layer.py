@@ -26,7 +26,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from cl_bayes.bayes.gaussian import DiagonalGaussianPrior, diagonal_gaussian_prior, kl_to_prior
+from cl_bayes.bayes.gaussian import kl_diagonal_gaussians
 
 NAMES = ("weight", "bias")
 SAMPLING = ("local", "weights")
@@ -78,8 +78,6 @@ class MeanFieldLayer(nn.Module, abc.ABC):
             self.register_parameter(f"{name}_posterior_log_var", nn.Parameter(torch.empty(shape)))
             self.register_buffer(f"{name}_prior_mean", torch.empty(shape))
             self.register_buffer(f"{name}_prior_log_var", torch.empty(shape))
-        self._prior_cache: tuple[tuple[Tensor, ...], tuple[int, ...], DiagonalGaussianPrior] | None
-        self._prior_cache = None
         self.reset_parameters()
         self.reset_prior()
 
@@ -118,37 +116,17 @@ class MeanFieldLayer(nn.Module, abc.ABC):
             getattr(self, f"{name}_prior_mean").copy_(getattr(self, f"{name}_posterior_mean"))
             getattr(self, f"{name}_prior_log_var").copy_(getattr(self, f"{name}_posterior_log_var"))
 
-    def posterior(self) -> tuple[list[Tensor], list[Tensor]]:
-        """The posterior means and log-variances, weights then biases."""
-        return (
-            [getattr(self, f"{name}_posterior_mean") for name in NAMES],
-            [getattr(self, f"{name}_posterior_log_var") for name in NAMES],
-        )
-
-    def prior(self) -> DiagonalGaussianPrior:
-        """The prior over weights then biases, in the form the KL reads it.
-
-        Built once and reused while the prior buffers stay the same tensors, unmodified
-        (their version counters change with every in-place write: ``posterior_to_prior``,
-        ``reset_prior``, ``load_state_dict``), so the steps of a task share one.
-        """
-        buffers = tuple(
-            getattr(self, f"{name}_prior_{part}") for name in NAMES for part in ("mean", "log_var")
-        )
-        versions = tuple(buffer._version for buffer in buffers)
-        cache = self._prior_cache
-        if (
-            cache is None
-            or cache[1] != versions
-            or any(old is not new for old, new in zip(cache[0], buffers, strict=True))
-        ):
-            prior = diagonal_gaussian_prior(buffers[0::2], buffers[1::2])
-            self._prior_cache = cache = (buffers, versions, prior)
-        return cache[2]
-
     def kl(self) -> Tensor:
         """``KL(posterior || prior)`` summed over all weights and biases (a scalar)."""
-        return kl_to_prior(*self.posterior(), self.prior())
+        return sum(
+            kl_diagonal_gaussians(
+                getattr(self, f"{name}_posterior_mean"),
+                getattr(self, f"{name}_posterior_log_var"),
+                getattr(self, f"{name}_prior_mean"),
+                getattr(self, f"{name}_prior_log_var"),
+            )
+            for name in NAMES
+        )
 
     def moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and variance of the pre-activations for a shared-shape input ``x``."""

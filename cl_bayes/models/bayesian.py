@@ -6,7 +6,6 @@ from typing import Iterable
 
 from torch import Tensor, nn
 
-from cl_bayes.bayes.gaussian import DiagonalGaussianPrior, kl_to_prior
 from cl_bayes.bayes.layer import SAMPLING, MeanFieldLayer
 from cl_bayes.errors import ConfigError
 
@@ -27,11 +26,7 @@ class BayesianNetwork(nn.Module):
 
     def kl(self, heads: Iterable[int]) -> Tensor:
         """``KL(posterior || prior)`` over the body and the given heads, summed."""
-        layers = self.layers(heads)
-        means = [mean for layer in layers for mean in layer.posterior()[0]]
-        log_vars = [log_var for layer in layers for log_var in layer.posterior()[1]]
-        prior = DiagonalGaussianPrior.join([layer.prior() for layer in layers])
-        return kl_to_prior(means, log_vars, prior)
+        return sum(layer.kl() for layer in self.layers(heads))
 
 
 def check_options(hidden_sizes: list[int], prior_var: float, sampling: str) -> None:

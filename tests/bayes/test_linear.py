@@ -1,3 +1,4 @@
+import copy
 import math
 
 import torch
@@ -117,7 +118,7 @@ def _reference_kl(layer):
 
 
 def test_the_kl_follows_every_change_of_the_prior():
-    """The layer reuses its prior's precisions between steps, never after the prior changed."""
+    """In-place writes, loading, resetting, copying and casting: the KL reads the prior now."""
     layer = _layer()
     assert torch.allclose(layer.kl(), _reference_kl(layer))
     with torch.no_grad():  # an in-place write to a prior buffer
@@ -131,6 +132,9 @@ def test_the_kl_follows_every_change_of_the_prior():
         layer.weight_posterior_mean.add_(0.3)
     layer.reset_prior()
     assert torch.allclose(layer.kl(), _reference_kl(layer))
+    layer.kl()
+    layer.posterior_to_prior()
+    assert copy.deepcopy(layer).kl().abs() < 1e-5
     layer.double()  # new buffer tensors
     assert layer.kl().dtype == torch.double
     assert torch.allclose(layer.kl(), _reference_kl(layer))
