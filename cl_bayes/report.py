@@ -19,8 +19,10 @@ its record's ``config`` as sorted JSON, leaving out ``seed``, ``hydra`` and the 
 where things are rather than what the experiment is (``cl_bayes.run.LOCAL_KEYS``, at any depth:
 ``method.progress`` is ``${progress}``). Runs of one protocol with different settings (e.g.
 ``+experiment=vcl_split_mnist train.epochs=1``) thus form groups of their own; the Protocol
-cell shows the fingerprint, ``vcl_split_mnist (config 3f2a1c)``, only where one (task,
-scenario, method, protocol) has several. A group averages one run per seed: of several
+cell shows the fingerprint, and the settings in which the group differs from the others,
+``vcl_split_mnist (config 3f2a1c: method.epochs=1, train.epochs=1)``, only where one (task,
+scenario, method, protocol) has several (at most three settings are named, then how many
+more). A group averages one run per seed: of several
 completed runs with the same seed, the newest (latest ``updated_at``, then greatest
 ``run_id``) is kept and the others are listed apart as ``superseded``, with a warning.
 
@@ -52,7 +54,7 @@ import os
 import shlex
 import sys
 import tempfile
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple, Sequence
@@ -83,14 +85,17 @@ NOT_FINGERPRINTED_TOP = frozenset({"seed", "hydra"})
 # record without the option and one with this value ran the same experiment, so the
 # fingerprint leaves the option out when it has this value.
 ADDED_OPTIONS = {("model", "sampling"): "local"}
+# How many of the settings that tell a group apart its Protocol cell names.
+SETTINGS_SHOWN = 3
 LEGEND = (
     "A row is a group: the completed runs of one task, scenario, method, protocol and "
-    "configuration (its fingerprint is shown as (config …) where one protocol was run with "
-    "different settings). Mean ± sample standard deviation over the runs of the group, one "
-    "per seed (the newest where a seed was run again); n: number of runs; – in place of the "
-    "std where a group has a single run. ACC, BWT, forgetting, FWT and intransigence in % "
-    "(formulas in cl_bayes/metrics.py); n/a: not applicable. Failed, interrupted, running "
-    "and superseded runs are listed apart and never averaged in."
+    "configuration (where one protocol was run with different settings, its fingerprint is "
+    "shown, with the settings that differ: (config …: key=value)). Mean ± sample standard "
+    "deviation over the runs of the group, one per seed (the newest where a seed was run "
+    "again); n: number of runs; – in place of the std where a group has a single run. ACC, "
+    "BWT, forgetting, FWT and intransigence in % (formulas in cl_bayes/metrics.py); n/a: not "
+    "applicable. Failed, interrupted, running and superseded runs are listed apart and never "
+    "averaged in."
 )
 
 
@@ -149,7 +154,9 @@ class GroupSummary:
     where unmeasured; ``average_accuracy`` holds the mean and std (``None`` for one run) of the
     average accuracy after each task, shape ``(T,)``. Both are ``None`` when the runs differ in
     their number of tasks. ``show_config`` is true where other groups share the key's task,
-    scenario, method and protocol, so that the configuration fingerprint tells them apart.
+    scenario, method and protocol, so that the configuration fingerprint tells them apart;
+    ``settings`` then names the settings in which this group's configuration differs from
+    theirs (:func:`distinguishing_settings`).
     """
 
     key: GroupKey
@@ -159,6 +166,7 @@ class GroupSummary:
     mean_matrix: np.ndarray | None
     average_accuracy: tuple[np.ndarray, np.ndarray | None] | None
     show_config: bool = False
+    settings: str = ""
 
     @property
     def n(self) -> int:
@@ -169,7 +177,8 @@ class GroupSummary:
     def protocol_label(self) -> str:
         """The protocol, with the configuration fingerprint where it is needed."""
         if self.show_config:
-            return f"{self.key.protocol} (config {self.key.config})"
+            settings = f": {self.settings}" if self.settings else ""
+            return f"{self.key.protocol} (config {self.key.config}{settings})"
         return self.key.protocol
 
     @property
@@ -289,6 +298,60 @@ def config_fingerprint(config: Any) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:6]
 
 
+def flat_settings(config: Any) -> dict[str, Any]:
+    """The settings of a record's ``config`` as ``{dotted key: value}``.
+
+    What :func:`experiment_config` keeps, with each :data:`ADDED_OPTIONS` entry that it
+    leaves out, or that an older record lacks, at the value the run had (where the option's
+    section exists).
+    """
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, path: tuple[str, ...]) -> None:
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(value, (*path, str(key)))
+        else:
+            flat[".".join(path)] = node
+
+    kept = experiment_config(config) if isinstance(config, dict) else {}
+    for key, value in kept.items():
+        walk(value, (str(key),))
+    for (*parents, name), value in ADDED_OPTIONS.items():
+        section: Any = kept
+        for key in parents:
+            section = section.get(key) if isinstance(section, dict) else None
+        if isinstance(section, dict):
+            flat.setdefault(".".join((*parents, name)), value)
+    return flat
+
+
+def distinguishing_settings(configs: Sequence[Any]) -> list[str]:
+    """For each of ``configs``, ``key=value`` of the settings in which they are not all equal.
+
+    Sorted by key, at most :data:`SETTINGS_SHOWN` of them, then ``+N more``; ``unset`` for a
+    setting a configuration does not have. Strings are shown bare, other values as JSON.
+    """
+    flats = [flat_settings(config) for config in configs]
+    keys = sorted(set().union(*flats))
+    missing = object()
+
+    def shown(flat: dict[str, Any], key: str) -> str:
+        value = flat.get(key, missing)
+        if value is missing:
+            return "unset"
+        return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+    differing = [k for k in keys if len({shown(flat, k) for flat in flats}) > 1]
+    labels = []
+    for flat in flats:
+        parts = [f"{key}={shown(flat, key)}" for key in differing]
+        if len(parts) > SETTINGS_SHOWN:
+            parts = [*parts[:SETTINGS_SHOWN], f"+{len(parts) - SETTINGS_SHOWN} more"]
+        labels.append(", ".join(parts))
+    return labels
+
+
 def group_key(record: dict[str, Any]) -> GroupKey:
     """The group a completed record belongs to."""
     names = GroupKey._fields[:-1]
@@ -383,7 +446,7 @@ def mean_curve(curves: Sequence[Any]) -> tuple[np.ndarray, np.ndarray | None] | 
 
 
 def aggregate(
-    key: GroupKey, runs: Sequence[dict[str, Any]], show_config: bool = False
+    key: GroupKey, runs: Sequence[dict[str, Any]], show_config: bool = False, settings: str = ""
 ) -> GroupSummary:
     """Summary of the completed ``runs`` of group ``key`` (see :class:`GroupSummary`)."""
     runs = sorted(runs, key=lambda r: str(r["run_id"]))
@@ -399,6 +462,7 @@ def aggregate(
         mean_matrix=mean_matrix([r["accuracy_matrix"] for r in runs]),
         average_accuracy=mean_curve([s.get("average_accuracy") for s in summaries]),
         show_config=show_config,
+        settings=settings,
     )
 
 
@@ -418,11 +482,20 @@ def rank_key(group: GroupSummary) -> tuple:
 def summarize_groups(groups: dict[GroupKey, list[dict[str, Any]]]) -> list[GroupSummary]:
     """Aggregate every group, in leaderboard order (see :func:`rank_key`).
 
-    A group shows its configuration fingerprint where another group has the same task,
-    scenario, method and protocol.
+    A group shows its configuration fingerprint, and the settings that tell it apart, where
+    another group has the same task, scenario, method and protocol.
     """
-    configs = Counter(key[:-1] for key in groups)
-    summaries = (aggregate(k, runs, configs[k[:-1]] > 1) for k, runs in groups.items())
+    siblings: dict[tuple[str, ...], list[GroupKey]] = defaultdict(list)
+    for key in groups:
+        siblings[tuple(key[:-1])].append(key)
+    settings: dict[GroupKey, str] = {}
+    for keys in siblings.values():
+        if len(keys) > 1:
+            configs = [groups[key][0].get("config") for key in keys]
+            settings.update(zip(keys, distinguishing_settings(configs), strict=True))
+    summaries = (
+        aggregate(k, runs, k in settings, settings.get(k, "")) for k, runs in groups.items()
+    )
     return sorted(summaries, key=rank_key)
 
 

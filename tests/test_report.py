@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
+import html
 import json
 import logging
 import math
@@ -342,15 +343,51 @@ def test_settings_that_differ_under_one_protocol_give_labelled_rows(tmp_path):
     short_fp = report.config_fingerprint(short[0]["config"])
     long_fp = report.config_fingerprint(long[0]["config"])
     assert short_fp != long_fp
+    long_label = f"p (config {long_fp}: method.epochs=50, train.epochs=50)"
+    short_label = f"p (config {short_fp}: method.epochs=1, train.epochs=1)"
     assert rows_of(markdown) == [
-        f"| 1 | vcl | p (config {long_fp}) | 3 | 95.00 ± 0.00 | -1.00 ± 0.00 | 2.00 ± 0.00 "
+        f"| 1 | vcl | {long_label} | 3 | 95.00 ± 0.00 | -1.00 ± 0.00 | 2.00 ± 0.00 "
         "| n/a | 30.0 ± 0.0 s |",
-        f"| 2 | vcl | p (config {short_fp}) | 2 | 80.50 ± 0.71 | -1.00 ± 0.00 | 2.00 ± 0.00 "
+        f"| 2 | vcl | {short_label} | 2 | 80.50 ± 0.71 | -1.00 ± 0.00 | 2.00 ± 0.00 "
         "| n/a | 30.0 ± 0.0 s |",
         "| 3 | vcl | q | 1 | 50.00 ± – | -1.00 ± – | 2.00 ± – | n/a | 30.0 ± – s |",
     ]
     assert "task, scenario, method, protocol and configuration" in markdown
-    assert f"p (config {short_fp})" in html_text
+    assert html.escape(short_label) in html_text
+
+
+def test_a_row_names_an_added_option_at_the_value_an_older_record_ran_with(tmp_path):
+    older = make_record("older", 0.85)
+    older["config"]["model"] = {"hidden_sizes": [100, 100]}  # written before model.sampling
+    weights = copy.deepcopy(older)
+    weights["run_id"], weights["config"]["model"]["sampling"] = "weights", "weights"
+    markdown, _ = generate(tmp_path, older, weights)
+    older_fp = report.config_fingerprint(older["config"])
+    weights_fp = report.config_fingerprint(weights["config"])
+    assert sorted(row.split(" | ")[2] for row in rows_of(markdown)) == sorted(
+        [
+            f"p (config {older_fp}: model.sampling=local)",
+            f"p (config {weights_fp}: model.sampling=weights)",
+        ]
+    )
+
+
+def test_distinguishing_settings_name_unset_values_and_cut_long_lists():
+    base = {"seed": 0, "model": {"hidden_sizes": [100, 100]}, "train": {"epochs": 5}}
+    wide = copy.deepcopy(base)
+    wide["model"]["hidden_sizes"] = [256, 256]
+    wide["train"].update(epochs=120, batch_size=None)
+    wide["optimizer"] = {"lr": 0.01, "momentum": 0.9}
+    assert report.distinguishing_settings([base, wide]) == [
+        "model.hidden_sizes=[100, 100], optimizer.lr=unset, optimizer.momentum=unset, +2 more",
+        "model.hidden_sizes=[256, 256], optimizer.lr=0.01, optimizer.momentum=0.9, +2 more",
+    ]
+    full_batch, batches = {"train": {"batch_size": None}}, {"train": {"batch_size": 256}}
+    assert report.distinguishing_settings([full_batch, batches, full_batch]) == [
+        "train.batch_size=null",
+        "train.batch_size=256",
+        "train.batch_size=null",
+    ]
 
 
 def test_same_settings_with_different_seeds_and_machines_form_one_row(tmp_path):
