@@ -17,10 +17,10 @@ PROTOCOLS = {
     "vcl_split_mnist": (SPLIT, None, "local"),
     "vcl_split_mnist_random_coreset": (SPLIT, "random", "local"),
     "vcl_split_mnist_k_center_coreset": (SPLIT, "k_center", "local"),
-    # plain VCL samples one set of weights per Monte Carlo sample, as the official code does
+    # on Permuted MNIST one set of weights per Monte Carlo sample, as the official code draws
     "vcl_permuted_mnist": (PERMUTED, None, "weights"),
-    "vcl_permuted_mnist_random_coreset": (PERMUTED, "random", "local"),
-    "vcl_permuted_mnist_k_center_coreset": (PERMUTED, "k_center", "local"),
+    "vcl_permuted_mnist_random_coreset": (PERMUTED, "random", "weights"),
+    "vcl_permuted_mnist_k_center_coreset": (PERMUTED, "k_center", "weights"),
 }
 
 
