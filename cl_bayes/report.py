@@ -51,10 +51,11 @@ import json
 import logging
 import math
 import os
+import re
 import shlex
 import sys
 import tempfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, NamedTuple, Sequence
@@ -87,6 +88,9 @@ NOT_FINGERPRINTED_TOP = frozenset({"seed", "hydra"})
 ADDED_OPTIONS = {("model", "sampling"): "local"}
 # How many of the settings that tell a group apart its Protocol cell names.
 SETTINGS_SHOWN = 3
+# A string value a label shows bare; others (and words JSON reads otherwise) go in quotes.
+PLAIN_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_./:+-]*")
+JSON_WORDS = frozenset({"true", "false", "null", "unset"})
 LEGEND = (
     "A row is a group: the completed runs of one task, scenario, method, protocol and "
     "configuration (where one protocol was run with different settings, its fingerprint is "
@@ -298,21 +302,21 @@ def config_fingerprint(config: Any) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:6]
 
 
-def flat_settings(config: Any) -> dict[str, Any]:
-    """The settings of a record's ``config`` as ``{dotted key: value}``.
+def flat_settings(config: Any) -> dict[tuple[str, ...], Any]:
+    """The settings of a record's ``config`` as ``{key path: value}``.
 
     What :func:`experiment_config` keeps, with each :data:`ADDED_OPTIONS` entry that it
     leaves out, or that an older record lacks, at the value the run had (where the option's
     section exists).
     """
-    flat: dict[str, Any] = {}
+    flat: dict[tuple[str, ...], Any] = {}
 
     def walk(node: Any, path: tuple[str, ...]) -> None:
         if isinstance(node, dict) and node:
             for key, value in node.items():
                 walk(value, (*path, str(key)))
         else:
-            flat[".".join(path)] = node
+            flat[path] = node
 
     kept = experiment_config(config) if isinstance(config, dict) else {}
     for key, value in kept.items():
@@ -322,34 +326,48 @@ def flat_settings(config: Any) -> dict[str, Any]:
         for key in parents:
             section = section.get(key) if isinstance(section, dict) else None
         if isinstance(section, dict):
-            flat.setdefault(".".join((*parents, name)), value)
+            flat.setdefault((*parents, name), value)
     return flat
+
+
+def shown_value(value: Any) -> str:
+    """A setting's value as a label shows it: plain words bare, anything else as JSON."""
+    if isinstance(value, str) and PLAIN_WORD.fullmatch(value) and value not in JSON_WORDS:
+        return value
+    return json.dumps(value, sort_keys=True)
 
 
 def distinguishing_settings(configs: Sequence[Any]) -> list[str]:
     """For each of ``configs``, ``key=value`` of the settings in which they are not all equal.
 
-    Sorted by key, at most :data:`SETTINGS_SHOWN` of them, then ``+N more``; ``unset`` for a
-    setting a configuration does not have. Strings are shown bare, other values as JSON.
+    Sorted by key, at most :data:`SETTINGS_SHOWN` of them, then ``+N more`` (all of them
+    where the cut would give two configurations the same label); ``unset`` for a setting a
+    configuration does not have. Plain words are shown bare, other values as JSON.
     """
     flats = [flat_settings(config) for config in configs]
-    keys = sorted(set().union(*flats))
     missing = object()
 
-    def shown(flat: dict[str, Any], key: str) -> str:
-        value = flat.get(key, missing)
-        if value is missing:
-            return "unset"
-        return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    def compared(flat: dict[tuple[str, ...], Any], path: tuple[str, ...]) -> str:
+        value = flat.get(path, missing)
+        return "" if value is missing else json.dumps(value, sort_keys=True)
 
-    differing = [k for k in keys if len({shown(flat, k) for flat in flats}) > 1]
-    labels = []
-    for flat in flats:
-        parts = [f"{key}={shown(flat, key)}" for key in differing]
-        if len(parts) > SETTINGS_SHOWN:
-            parts = [*parts[:SETTINGS_SHOWN], f"+{len(parts) - SETTINGS_SHOWN} more"]
-        labels.append(", ".join(parts))
-    return labels
+    paths = sorted(set().union(*flats))
+    differing = [p for p in paths if len({compared(flat, p) for flat in flats}) > 1]
+    full = [
+        [f"{'.'.join(p)}={'unset' if p not in flat else shown_value(flat[p])}" for p in differing]
+        for flat in flats
+    ]
+    cut = [
+        ", ".join([*parts[:SETTINGS_SHOWN], f"+{len(parts) - SETTINGS_SHOWN} more"])
+        if len(parts) > SETTINGS_SHOWN
+        else ", ".join(parts)
+        for parts in full
+    ]
+    repeated = {label for label, count in Counter(cut).items() if count > 1}
+    return [
+        ", ".join(parts) if label in repeated else label
+        for parts, label in zip(full, cut, strict=True)
+    ]
 
 
 def group_key(record: dict[str, Any]) -> GroupKey:
@@ -611,7 +629,7 @@ def markdown_table(table: Table) -> str:
     """A GitHub-flavoured Markdown table; ``|`` in cells is escaped."""
 
     def line(cells: Sequence[str]) -> str:
-        escaped = (c.replace("|", "\\|").replace("\n", " ") for c in cells)
+        escaped = (" ".join(c.replace("|", "\\|").splitlines()) for c in cells)
         return "| " + " | ".join(escaped) + " |"
 
     rule = "|" + "|".join("---:" if num else "---" for num in table.numeric) + "|"
@@ -691,6 +709,11 @@ def png_base64(figure: Figure) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def plot_text(text: str) -> str:
+    """``text`` for a Matplotlib title, legend or tick label: a ``$`` is not maths there."""
+    return text.replace("$", r"\$")
+
+
 def plot_matrix(group: GroupSummary) -> Figure:
     """Heatmap of the group's mean accuracy matrix (%); grey where unmeasured."""
     R = 100 * group.mean_matrix
@@ -703,7 +726,7 @@ def plot_matrix(group: GroupSummary) -> Figure:
     ax.set_yticks(range(T), [f"T{i + 1}" for i in range(T)])
     ax.set_xlabel("tested on task")
     ax.set_ylabel("after training task")
-    ax.set_title(f"{group.label} (n={group.n})", fontsize=8)
+    ax.set_title(plot_text(f"{group.label} (n={group.n})"), fontsize=8)
     if T <= 12:
         for (i, j), value in np.ndenumerate(R):
             if not math.isnan(value):
@@ -722,7 +745,9 @@ def plot_average_accuracy(groups: Sequence[GroupSummary]) -> Figure:
             continue
         mean, std = group.average_accuracy
         x = np.arange(1, len(mean) + 1)
-        (line,) = ax.plot(x, 100 * mean, marker="o", label=f"{group.label} (n={group.n})")
+        (line,) = ax.plot(
+            x, 100 * mean, marker="o", label=plot_text(f"{group.label} (n={group.n})")
+        )
         if std is not None:
             ax.fill_between(
                 x, 100 * (mean - std), 100 * (mean + std), alpha=0.2, color=line.get_color()
@@ -743,7 +768,7 @@ def plot_forgetting(groups: Sequence[GroupSummary]) -> Figure:
     means = [100 * g.stats["forgetting"].mean for g in shown]
     errors = [100 * (g.stats["forgetting"].std or 0.0) for g in shown]
     ax.barh(range(len(shown)), means, xerr=errors, capsize=4, color="tab:blue", alpha=0.8)
-    ax.set_yticks(range(len(shown)), [f"{g.label} (n={g.n})" for g in shown], fontsize=7)
+    ax.set_yticks(range(len(shown)), [plot_text(f"{g.label} (n={g.n})") for g in shown], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("forgetting (%)")
     ax.grid(axis="x", alpha=0.3)

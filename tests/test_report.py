@@ -356,6 +356,17 @@ def test_settings_that_differ_under_one_protocol_give_labelled_rows(tmp_path):
     assert html.escape(short_label) in html_text
 
 
+def test_a_setting_with_line_breaks_or_maths_keeps_the_table_and_plots_whole(tmp_path):
+    plain = make_record("plain", 0.9)
+    odd = copy.deepcopy(plain)
+    odd["run_id"], odd["config"]["note"] = "odd", "x\ry | $\\bogus$"
+    markdown, _ = generate(tmp_path, plain, odd)
+    rows = rows_of(markdown)
+    assert len(rows) == 2
+    # JSON writes the carriage return as the two characters \r: the row stays one line
+    assert any('note="x\\ry \\| $\\\\bogus$"' in row for row in rows)
+
+
 def test_a_row_names_an_added_option_at_the_value_an_older_record_ran_with(tmp_path):
     older = make_record("older", 0.85)
     older["config"]["model"] = {"hidden_sizes": [100, 100]}  # written before model.sampling
@@ -381,6 +392,20 @@ def test_distinguishing_settings_name_unset_values_and_cut_long_lists():
     assert report.distinguishing_settings([base, wide]) == [
         "model.hidden_sizes=[100, 100], optimizer.lr=unset, optimizer.momentum=unset, +2 more",
         "model.hidden_sizes=[256, 256], optimizer.lr=0.01, optimizer.momentum=0.9, +2 more",
+    ]
+    # a cut that would give two configurations one label names every setting instead
+    abcd = [dict(zip("abcd", values, strict=True)) for values in ("1111", "1112", "2222")]
+    assert report.distinguishing_settings(abcd) == [
+        'a="1", b="1", c="1", d="1"',
+        'a="1", b="1", c="1", d="2"',
+        'a="2", b="2", c="2", +1 more',
+    ]
+    # values that read alike are told apart: a string against a number, null or a missing key
+    assert report.distinguishing_settings([{"a": "5"}, {"a": 5}, {"a": None}, {}]) == [
+        'a="5"',
+        "a=5",
+        "a=null",
+        "a=unset",
     ]
     full_batch, batches = {"train": {"batch_size": None}}, {"train": {"batch_size": 256}}
     assert report.distinguishing_settings([full_batch, batches, full_batch]) == [
