@@ -22,7 +22,7 @@ where things are rather than what the experiment is (``cl_bayes.run.LOCAL_KEYS``
 cell shows the fingerprint, and the settings in which the group differs from the others,
 ``vcl_split_mnist (config 3f2a1c: method.epochs=1, train.epochs=1)``, only where one (task,
 scenario, method, protocol) has several (at most three settings are named, then how many
-more). A group averages one run per seed: of several
+more, unless two rows would then read alike). A group averages one run per seed: of several
 completed runs with the same seed, the newest (latest ``updated_at``, then greatest
 ``run_id``) is kept and the others are listed apart as ``superseded``, with a warning.
 
@@ -268,6 +268,14 @@ def mean_std(values: Iterable[Any]) -> Stat:
     return Stat(float(numbers.mean()), std, len(numbers))
 
 
+def config_section(config: dict[str, Any], path: Sequence[str]) -> dict[str, Any] | None:
+    """The nested dict at ``path`` of ``config``, or ``None`` where there is none."""
+    section: Any = config
+    for key in path:
+        section = section.get(key) if isinstance(section, dict) else None
+    return section if isinstance(section, dict) else None
+
+
 def experiment_config(config: Any, top: bool = True) -> Any:
     """``config`` without what is local to a machine or varies between seeds.
 
@@ -280,10 +288,8 @@ def experiment_config(config: Any, top: bool = True) -> Any:
         kept = {k: experiment_config(v, False) for k, v in config.items() if k not in dropped}
         if top:
             for (*parents, name), value in ADDED_OPTIONS.items():
-                section = kept
-                for key in parents:
-                    section = section.get(key) if isinstance(section, dict) else None
-                if isinstance(section, dict) and section.get(name) == value:
+                section = config_section(kept, parents)
+                if section is not None and section.get(name) == value:
                     del section[name]
         return kept
     if isinstance(config, list):
@@ -322,10 +328,7 @@ def flat_settings(config: Any) -> dict[tuple[str, ...], Any]:
     for key, value in kept.items():
         walk(value, (str(key),))
     for (*parents, name), value in ADDED_OPTIONS.items():
-        section: Any = kept
-        for key in parents:
-            section = section.get(key) if isinstance(section, dict) else None
-        if isinstance(section, dict):
+        if config_section(kept, parents) is not None:
             flat.setdefault((*parents, name), value)
     return flat
 
