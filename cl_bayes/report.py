@@ -90,7 +90,7 @@ ADDED_OPTIONS = {("model", "sampling"): "local"}
 SETTINGS_SHOWN = 3
 # A string value a label shows bare; others (and words JSON reads otherwise) go in quotes.
 PLAIN_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_./:+-]*")
-JSON_WORDS = frozenset({"true", "false", "null", "unset"})
+JSON_WORDS = frozenset({"true", "false", "null", "NaN", "Infinity", "unset"})
 LEGEND = (
     "A row is a group: the completed runs of one task, scenario, method, protocol and "
     "configuration (where one protocol was run with different settings, its fingerprint is "
@@ -712,9 +712,9 @@ def png_base64(figure: Figure) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def plot_text(text: str) -> str:
-    """``text`` for a Matplotlib title, legend or tick label: a ``$`` is not maths there."""
-    return text.replace("$", r"\$")
+def plot_label(group: GroupSummary) -> str:
+    """``label (n=N)`` for a Matplotlib title, legend or tick: a ``$`` is not maths there."""
+    return f"{group.label} (n={group.n})".replace("$", r"\$")
 
 
 def plot_matrix(group: GroupSummary) -> Figure:
@@ -729,7 +729,7 @@ def plot_matrix(group: GroupSummary) -> Figure:
     ax.set_yticks(range(T), [f"T{i + 1}" for i in range(T)])
     ax.set_xlabel("tested on task")
     ax.set_ylabel("after training task")
-    ax.set_title(plot_text(f"{group.label} (n={group.n})"), fontsize=8)
+    ax.set_title(plot_label(group), fontsize=8)
     if T <= 12:
         for (i, j), value in np.ndenumerate(R):
             if not math.isnan(value):
@@ -748,9 +748,7 @@ def plot_average_accuracy(groups: Sequence[GroupSummary]) -> Figure:
             continue
         mean, std = group.average_accuracy
         x = np.arange(1, len(mean) + 1)
-        (line,) = ax.plot(
-            x, 100 * mean, marker="o", label=plot_text(f"{group.label} (n={group.n})")
-        )
+        (line,) = ax.plot(x, 100 * mean, marker="o", label=plot_label(group))
         if std is not None:
             ax.fill_between(
                 x, 100 * (mean - std), 100 * (mean + std), alpha=0.2, color=line.get_color()
@@ -771,7 +769,7 @@ def plot_forgetting(groups: Sequence[GroupSummary]) -> Figure:
     means = [100 * g.stats["forgetting"].mean for g in shown]
     errors = [100 * (g.stats["forgetting"].std or 0.0) for g in shown]
     ax.barh(range(len(shown)), means, xerr=errors, capsize=4, color="tab:blue", alpha=0.8)
-    ax.set_yticks(range(len(shown)), [plot_text(f"{g.label} (n={g.n})") for g in shown], fontsize=7)
+    ax.set_yticks(range(len(shown)), [plot_label(g) for g in shown], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("forgetting (%)")
     ax.grid(axis="x", alpha=0.3)

@@ -407,6 +407,11 @@ def test_distinguishing_settings_name_unset_values_and_cut_long_lists():
         "a=null",
         "a=unset",
     ]
+    # a string that reads as a JSON float is quoted
+    assert report.distinguishing_settings([{"a": "NaN"}, {"a": float("nan")}]) == [
+        'a="NaN"',
+        "a=NaN",
+    ]
     full_batch, batches = {"train": {"batch_size": None}}, {"train": {"batch_size": 256}}
     assert report.distinguishing_settings([full_batch, batches, full_batch]) == [
         "train.batch_size=null",
