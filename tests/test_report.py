@@ -408,10 +408,11 @@ def test_distinguishing_settings_name_unset_values_and_cut_long_lists():
         "a=unset",
     ]
     # a string that reads as a JSON float is quoted
-    assert report.distinguishing_settings([{"a": "NaN"}, {"a": float("nan")}]) == [
-        'a="NaN"',
-        "a=NaN",
-    ]
+    for word, number in (("NaN", float("nan")), ("Infinity", float("inf"))):
+        assert report.distinguishing_settings([{"a": word}, {"a": number}]) == [
+            f'a="{word}"',
+            f"a={word}",
+        ]
     full_batch, batches = {"train": {"batch_size": None}}, {"train": {"batch_size": 256}}
     assert report.distinguishing_settings([full_batch, batches, full_batch]) == [
         "train.batch_size=null",
