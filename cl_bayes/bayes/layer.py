@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import abc
 import math
+from typing import Iterable
 
 import torch
 from torch import Tensor, nn
@@ -78,6 +79,7 @@ class MeanFieldLayer(nn.Module, abc.ABC):
             self.register_parameter(f"{name}_posterior_log_var", nn.Parameter(torch.empty(shape)))
             self.register_buffer(f"{name}_prior_mean", torch.empty(shape))
             self.register_buffer(f"{name}_prior_log_var", torch.empty(shape))
+        self._prior_precision: tuple[list, list[Tensor]] = ([], [])
         self.reset_parameters()
         self.reset_prior()
 
@@ -118,15 +120,46 @@ class MeanFieldLayer(nn.Module, abc.ABC):
 
     def kl(self) -> Tensor:
         """``KL(posterior || prior)`` summed over all weights and biases (a scalar)."""
-        return sum(
-            kl_diagonal_gaussians(
-                getattr(self, f"{name}_posterior_mean"),
-                getattr(self, f"{name}_posterior_log_var"),
-                getattr(self, f"{name}_prior_mean"),
-                getattr(self, f"{name}_prior_log_var"),
-            )
-            for name in NAMES
+        return summed_kl([self])
+
+    def gaussians(self) -> tuple[list[Tensor], ...]:
+        """The arguments of :func:`~cl_bayes.bayes.gaussian.kl_diagonal_gaussians` for this layer.
+
+        Posterior means, posterior log-variances, prior means, prior log-variances and prior
+        precisions, each a list ``[weight, bias]``.
+        """
+        # Straight from the dictionaries: this runs at every training step, where
+        # nn.Module.__getattr__'s lookups add up.
+        parameters, buffers = self._parameters, self._buffers
+        return (
+            [parameters["weight_posterior_mean"], parameters["bias_posterior_mean"]],
+            [parameters["weight_posterior_log_var"], parameters["bias_posterior_log_var"]],
+            [buffers["weight_prior_mean"], buffers["bias_prior_mean"]],
+            [buffers["weight_prior_log_var"], buffers["bias_prior_log_var"]],
+            self.prior_precision(),
         )
+
+    def prior_precision(self) -> list[Tensor]:
+        """``[exp(-weight_prior_log_var), exp(-bias_prior_log_var)]``, kept while the prior is.
+
+        The KL needs the prior's precision at every step but the prior changes only between
+        tasks, so it is computed again only when a prior log-variance buffer has been replaced
+        by another tensor (``.to()``, ``.double()``, an assignment) or written in place
+        (``posterior_to_prior``, ``reset_prior``, ``load_state_dict``, any in-place operation,
+        each of which bumps the tensor's version counter). A write through ``.data``
+        bypasses the version counter: write the buffer itself, under ``torch.no_grad()``.
+        """
+        sources = [self._buffers["weight_prior_log_var"], self._buffers["bias_prior_log_var"]]
+        key = [(source, source._version) for source in sources]
+        cached_key, precision = self._prior_precision
+        if len(cached_key) != len(key) or any(
+            cached is not source or cached_version != version
+            for (cached, cached_version), (source, version) in zip(cached_key, key, strict=True)
+        ):
+            with torch.no_grad():
+                precision = torch._foreach_exp(torch._foreach_neg(sources))
+            self._prior_precision = (key, precision)
+        return precision
 
     def moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and variance of the pre-activations for a shared-shape input ``x``."""
@@ -151,13 +184,19 @@ class MeanFieldLayer(nn.Module, abc.ABC):
             return out.unflatten(0, x.shape[:2]) if per_sample else out
         if self.sampling == "weights":
             return self.sample_weights(x, x.shape[0] if per_sample else n_samples)
-        mean, variance = self.moments(flat)
-        if per_sample:
-            mean, variance = mean.unflatten(0, x.shape[:2]), variance.unflatten(0, x.shape[:2])
-            noise = torch.randn_like(mean)
-        else:  # shared input: moments once, K draws
-            noise = torch.randn((n_samples,) + mean.shape, device=x.device, dtype=x.dtype)
-        return mean + variance.sqrt() * noise
+        out = self.sample_local(flat, None if per_sample else n_samples)
+        return out.unflatten(0, x.shape[:2]) if per_sample else out
+
+    def sample_local(self, x: Tensor, n_samples: int | None) -> Tensor:
+        """Pre-activations drawn by local reparameterisation for a shared-shape batch ``x``.
+
+        ``n_samples = K`` draws K samples for every example, ``(K, batch, ...)``, from moments
+        computed once; ``None`` draws one per example, ``(batch, ...)``.
+        """
+        mean, variance = self.moments(x)
+        shape = mean.shape if n_samples is None else (n_samples, *mean.shape)
+        noise = torch.randn(shape, device=x.device, dtype=x.dtype)
+        return torch.addcmul(mean, variance.sqrt(), noise)
 
     def sample_weights(self, x: Tensor, n_samples: int) -> Tensor:
         """Outputs for ``n_samples`` weight draws, each shared by the whole batch."""
@@ -168,3 +207,15 @@ class MeanFieldLayer(nn.Module, abc.ABC):
             noise = torch.randn((n_samples,) + mean.shape, device=x.device, dtype=x.dtype)
             draws.append(mean + std * noise)
         return self.per_sample_op(x, *draws)
+
+
+def summed_kl(layers: Iterable[MeanFieldLayer]) -> Tensor:
+    """``KL(posterior || prior)`` summed over every weight and bias of ``layers`` (a scalar).
+
+    One multi-tensor KL for all the layers together, not one per layer and tensor.
+    """
+    columns: tuple[list[Tensor], ...] = ([], [], [], [], [])
+    for layer in layers:
+        for column, tensors in zip(columns, layer.gaussians(), strict=True):
+            column.extend(tensors)
+    return kl_diagonal_gaussians(*columns)

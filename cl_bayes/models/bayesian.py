@@ -6,7 +6,7 @@ from typing import Iterable
 
 from torch import Tensor, nn
 
-from cl_bayes.bayes.layer import SAMPLING, MeanFieldLayer
+from cl_bayes.bayes.layer import SAMPLING, MeanFieldLayer, summed_kl
 from cl_bayes.errors import ConfigError
 
 
@@ -26,7 +26,7 @@ class BayesianNetwork(nn.Module):
 
     def kl(self, heads: Iterable[int]) -> Tensor:
         """``KL(posterior || prior)`` over the body and the given heads, summed."""
-        return sum(layer.kl() for layer in self.layers(heads))
+        return summed_kl(self.layers(heads))
 
 
 def check_options(hidden_sizes: list[int], prior_var: float, sampling: str) -> None:

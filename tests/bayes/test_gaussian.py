@@ -64,3 +64,30 @@ def test_kl_at_the_prior_is_exactly_zero_in_float32_even_for_extreme_variances()
     shifted = log_var + 0.5  # every variance e^0.5 times the prior's
     expected = 0.5 * (math.exp(0.5) - 0.5 - 1) * mean.numel()
     assert math.isclose(kl_diagonal_gaussians(mean, shifted, mean, log_var), expected, rel_tol=1e-4)
+
+
+def test_a_sequence_of_tensors_sums_their_kls_and_backward_keeps_the_saved_tensors():
+    generator = torch.Generator().manual_seed(4)
+    shapes = [(5, 3), (3,), (2, 5)]
+    mq, lvq, mp, lvp = (
+        [torch.randn(s, generator=generator, dtype=torch.double) for s in shapes] for _ in "1234"
+    )
+    for tensor in mq + lvq:
+        tensor.requires_grad_()
+    each = sum(kl_diagonal_gaussians(*parts) for parts in zip(mq, lvq, mp, lvp, strict=True))
+    together = kl_diagonal_gaussians(mq, lvq, mp, lvp)
+    assert torch.allclose(together, each)
+    precision = [(-t).exp() for t in lvp]
+    assert torch.allclose(kl_diagonal_gaussians(mq, lvq, mp, lvp, precision), each)
+    expected = torch.autograd.grad(each, mq + lvq)
+    # Twice through the same graph: the first backward must not spoil what the second needs.
+    first = torch.autograd.grad(together, mq + lvq, retain_graph=True)
+    second = torch.autograd.grad(together, mq + lvq)
+    for a, b, want in zip(first, second, expected, strict=True):
+        assert torch.allclose(a, want) and torch.equal(a, b)
+
+
+def test_mismatched_numbers_of_posterior_and_prior_tensors_are_refused():
+    tensors = [torch.zeros(3), torch.zeros(2)]
+    with pytest.raises(ValueError, match="as many prior tensors as posterior tensors"):
+        kl_diagonal_gaussians(tensors, tensors, tensors[:1], tensors)

@@ -138,3 +138,15 @@ def test_the_kl_follows_every_change_of_the_prior():
     layer.double()  # new buffer tensors
     assert layer.kl().dtype == torch.double
     assert torch.allclose(layer.kl(), _reference_kl(layer))
+
+
+def test_the_prior_precision_is_kept_until_the_prior_changes():
+    layer = _layer()
+    kept = layer.prior_precision()
+    assert all(a is b for a, b in zip(layer.prior_precision(), kept, strict=True))
+    assert torch.allclose(kept[0], (-layer.weight_prior_log_var).exp())
+    layer.posterior_to_prior()
+    fresh = layer.prior_precision()
+    assert fresh[0] is not kept[0]
+    assert torch.allclose(fresh[0], (-layer.weight_posterior_log_var.detach()).exp())
+
