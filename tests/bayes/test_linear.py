@@ -1,9 +1,11 @@
 import copy
 import math
+from functools import partial
 
 import torch
 from torch.distributions import Normal, kl_divergence
 
+from cl_bayes.bayes.layer import MeanFieldLayer
 from cl_bayes.bayes.linear import MeanFieldLinear
 
 
@@ -150,3 +152,30 @@ def test_the_prior_precision_is_kept_until_the_prior_changes():
     assert fresh[0] is not kept[0]
     assert torch.allclose(fresh[0], (-layer.weight_posterior_log_var.detach()).exp())
 
+
+def test_the_fused_local_reparameterisation_matches_autograd_through_its_steps():
+    """One node with a hand-written backward: the generic layer's values and gradients."""
+    layer = _layer().double()
+    for n_samples, x in (
+        (1, torch.randn(4, 6, dtype=torch.double)),  # the first layer, K = 1
+        (3, torch.randn(4, 6, dtype=torch.double)),  # K samples share the moments
+        (None, torch.randn(12, 6, dtype=torch.double, requires_grad=True)),  # one per row
+    ):
+        inputs = [x, *layer.parameters()] if x.requires_grad else list(layer.parameters())
+        results = []
+        for sample_local in (layer.sample_local, partial(MeanFieldLayer.sample_local, layer)):
+            torch.manual_seed(5)
+            out = sample_local(x, n_samples)
+            loss = (out * torch.linspace(-1, 1, out.numel()).double().view_as(out)).sum()
+            results.append((out, torch.autograd.grad(loss + (out**2).sum(), inputs)))
+        (fused, fused_grads), (generic, generic_grads) = results
+        assert fused.shape == generic.shape and torch.allclose(fused, generic)
+        for got, want in zip(fused_grads, generic_grads, strict=True):
+            assert torch.allclose(got, want)
+
+    def with_fixed_noise(x, *parameters):  # gradcheck perturbs the parameters in place
+        torch.manual_seed(6)
+        return layer.sample_local(x, 2)
+
+    x = torch.randn(3, 6, dtype=torch.double, requires_grad=True)
+    assert torch.autograd.gradcheck(with_fixed_noise, (x, *layer.parameters()))
