@@ -32,15 +32,18 @@ def kl_diagonal_gaussians(
     the expression step by step.
     """
     columns = [_as_list(t) for t in (posterior_mean, posterior_log_var, prior_mean, prior_log_var)]
-    if prior_precision is None:
-        prior_precision = torch._foreach_exp(torch._foreach_neg(columns[3]))
-    columns.append(_as_list(prior_precision))
+    if prior_precision is not None:
+        columns.append(_as_list(prior_precision))
     count = len(columns[0])
+    if not count:
+        raise ValueError("kl_diagonal_gaussians needs at least one posterior tensor.")
     if any(len(column) != count for column in columns):
         raise ValueError(
             "kl_diagonal_gaussians needs as many prior tensors as posterior tensors; got "
             f"{', '.join(str(len(column)) for column in columns)}."
         )
+    if prior_precision is None:
+        columns.append(torch._foreach_exp(torch._foreach_neg(columns[3])))
     return _KLDiagonalGaussians.apply(count, *(t for column in columns for t in column))
 
 

@@ -91,3 +91,5 @@ def test_mismatched_numbers_of_posterior_and_prior_tensors_are_refused():
     tensors = [torch.zeros(3), torch.zeros(2)]
     with pytest.raises(ValueError, match="as many prior tensors as posterior tensors"):
         kl_diagonal_gaussians(tensors, tensors, tensors[:1], tensors)
+    with pytest.raises(ValueError, match="at least one posterior tensor"):
+        kl_diagonal_gaussians([], [], [], [])
