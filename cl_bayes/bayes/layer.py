@@ -83,6 +83,15 @@ class MeanFieldLayer(nn.Module, abc.ABC):
         self.reset_parameters()
         self.reset_prior()
 
+    def __setstate__(self, state: dict) -> None:
+        """Copies and unpickled layers forget the kept prior precision (see ``prior_precision``).
+
+        Their buffers are new tensors whose version counters start again, so a kept key
+        could match them while the precision belongs to an earlier prior.
+        """
+        super().__setstate__(state)
+        self._prior_precision = ([], [])
+
     @abc.abstractmethod
     def linear_op(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         """The layer's deterministic operation on a shared-shape input ``x``."""
@@ -146,8 +155,9 @@ class MeanFieldLayer(nn.Module, abc.ABC):
         tasks, so it is computed again only when a prior log-variance buffer has been replaced
         by another tensor (``.to()``, ``.double()``, an assignment) or written in place
         (``posterior_to_prior``, ``reset_prior``, ``load_state_dict``, any in-place operation,
-        each of which bumps the tensor's version counter). A write through ``.data``
-        bypasses the version counter: write the buffer itself, under ``torch.no_grad()``.
+        each of which bumps the tensor's version counter); copies and unpickled layers start
+        afresh (``__setstate__``). A write through ``.data`` bypasses the version counter:
+        write the buffer itself, under ``torch.no_grad()``.
         """
         sources = [self._buffers["weight_prior_log_var"], self._buffers["bias_prior_log_var"]]
         key = [(source, source._version) for source in sources]
@@ -159,7 +169,7 @@ class MeanFieldLayer(nn.Module, abc.ABC):
             with torch.no_grad():
                 precision = torch._foreach_exp(torch._foreach_neg(sources))
             self._prior_precision = (key, precision)
-        return precision
+        return list(precision)
 
     def moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and variance of the pre-activations for a shared-shape input ``x``."""

@@ -1,4 +1,5 @@
 import copy
+import io
 import math
 from functools import partial
 
@@ -151,6 +152,20 @@ def test_the_prior_precision_is_kept_until_the_prior_changes():
     fresh = layer.prior_precision()
     assert fresh[0] is not kept[0]
     assert torch.allclose(fresh[0], (-layer.weight_posterior_log_var.detach()).exp())
+
+
+def test_copies_and_reloaded_layers_use_their_own_prior_precision():
+    """A copy's prior buffers start a new version count: the kept precision must not carry over."""
+    layer = _layer()
+    layer.kl()  # keeps the precision of the first prior
+    layer.posterior_to_prior()
+    buffer = io.BytesIO()
+    torch.save(layer, buffer)
+    buffer.seek(0)
+    for other in (copy.deepcopy(layer), torch.load(buffer, weights_only=False)):
+        with torch.no_grad():
+            other.weight_posterior_mean.add_(0.3)
+        assert torch.allclose(other.kl(), _reference_kl(other))
 
 
 def test_the_fused_local_reparameterisation_matches_autograd_through_its_steps():
