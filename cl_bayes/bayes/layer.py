@@ -160,6 +160,11 @@ class MeanFieldLayer(nn.Module, abc.ABC):
         write the buffer itself, under ``torch.no_grad()``.
         """
         sources = [self._buffers["weight_prior_log_var"], self._buffers["bias_prior_log_var"]]
+        if any(source.is_inference() for source in sources):
+            # A layer built under torch.inference_mode(): its tensors keep no version
+            # counter, so nothing would tell that they changed. Nothing is kept.
+            with torch.no_grad():
+                return torch._foreach_exp(torch._foreach_neg(sources))
         key = [(source, source._version) for source in sources]
         cached_key, precision = self._prior_precision
         if len(cached_key) != len(key) or any(

@@ -168,6 +168,17 @@ def test_copies_and_reloaded_layers_use_their_own_prior_precision():
         assert torch.allclose(other.kl(), _reference_kl(other))
 
 
+def test_a_layer_built_in_inference_mode_computes_its_kl():
+    """Inference tensors keep no version counter: the precision is computed, not kept."""
+    with torch.inference_mode():
+        layer = _layer()
+        inside = layer.kl()
+        assert torch.allclose(inside, _reference_kl(layer))
+        layer.weight_prior_log_var.add_(0.5)  # an untracked in-place write
+        assert torch.allclose(layer.kl(), _reference_kl(layer))
+    assert torch.allclose(layer.kl(), _reference_kl(layer))
+
+
 def test_the_fused_local_reparameterisation_matches_autograd_through_its_steps():
     """One node with a hand-written backward: the generic layer's values and gradients."""
     layer = _layer().double()
