@@ -24,7 +24,7 @@ from torch import nn
 
 from cl_bayes.config import CONF_DIR, register_task_sequences
 from cl_bayes.methods.finetune import Finetune
-from cl_bayes.run import labelled, resolve_device, train_task
+from cl_bayes.run import resolve_device, train_task
 from cl_bayes.scenario import Scenario
 
 
@@ -70,7 +70,7 @@ def main() -> None:
 
     sequence = instantiate(cfg.task, root=root, download=True, device=device, seed=0)
     scenario = Scenario.TASK
-    data = labelled(sequence, scenario, 0, "train")
+    data = scenario.labelled(sequence, 0, "train")
     x, y = data.x, data.y
 
     suite_times, minimal_times = [], []

@@ -31,7 +31,7 @@ from hydra.utils import instantiate
 
 from cl_bayes.allocator import keep_freed_memory
 from cl_bayes.config import CONF_DIR, register_task_sequences
-from cl_bayes.run import labelled, resolve_device
+from cl_bayes.run import resolve_device
 from cl_bayes.scenario import Scenario
 
 TARGET_S = 12 * 60
@@ -83,8 +83,8 @@ def suite_step_seconds(steps: int, device: torch.device, root: str):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     sequence = instantiate(cfg.task, root=root, download=True, device=device, seed=0)
-    sizes = [len(labelled(sequence, Scenario.TASK, t, "train")) for t in range(sequence.n_tasks)]
-    data = labelled(sequence, Scenario.TASK, 0, "train")
+    sizes = [len(Scenario.TASK.labelled(sequence, t, "train")) for t in range(sequence.n_tasks)]
+    data = Scenario.TASK.labelled(sequence, 0, "train")
     torch.manual_seed(0)
     model = instantiate(cfg.model, input_shape=[1, 28, 28], head_sizes=[2] * sequence.n_tasks)
     model = model.to(device)

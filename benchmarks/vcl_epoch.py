@@ -27,7 +27,7 @@ from hydra.utils import instantiate
 
 from cl_bayes.allocator import keep_freed_memory
 from cl_bayes.config import CONF_DIR, register_task_sequences
-from cl_bayes.run import labelled, resolve_device
+from cl_bayes.run import resolve_device
 from cl_bayes.scenario import Scenario
 from cl_bayes.training import fit
 
@@ -51,7 +51,7 @@ def setup(method_name: str, samples: int, device: str, root: str):
         cfg = compose("config", overrides=overrides)
     device = resolve_device(cfg.device)
     sequence = instantiate(cfg.task, root=root, download=True, device=device, seed=0)
-    data = labelled(sequence, Scenario.TASK, 0, "train")
+    data = Scenario.TASK.labelled(sequence, 0, "train")
     return cfg, device, data, sequence.n_tasks
 
 
@@ -83,7 +83,7 @@ def epoch_seconds(
         for label, (cfg, device_, data, n_tasks) in setups.items():
             model, method, optimizer = fresh(cfg, device_, data, n_tasks, repeat)
             started = time.perf_counter()
-            fit(model, data, method.loss, optimizer, 1, 128, "epoch", progress=False)
+            fit(model, data, method.train_step, optimizer, 1, 128, "epoch", progress=False)
             if device_.type == "cuda":
                 torch.cuda.synchronize()
             if repeat:
@@ -102,7 +102,7 @@ def phase_seconds(method_name: str, samples: int, device: str, root: str) -> dic
     """
     cfg, device, data, n_tasks = setup(method_name, samples, device, root)
     model, method, optimizer = fresh(cfg, device, data, n_tasks, 0)
-    fit(model, data, method.loss, optimizer, 1, 128, "warm-up", progress=False)
+    fit(model, data, method.train_step, optimizer, 1, 128, "warm-up", progress=False)
     seconds = dict.fromkeys(PHASES, 0.0)
 
     def clock(phase: str, started: float) -> float:

@@ -61,6 +61,51 @@ class TaskSequence:
         return tuple(self.tasks[0].x_train.shape[1:])
 
 
+@dataclass(frozen=True)
+class LabelledData:
+    """Inputs with scenario targets and the head that answers each example.
+
+    ``x``: ``(n, ...)``; ``y``: ``(n,)`` long targets in the scenario's label space;
+    ``head``: one head index for all examples, or an ``(n,)`` long tensor.
+    ``n_outputs``: active outputs (class-incremental: the classes seen so far).
+    """
+
+    x: Tensor
+    y: Tensor
+    head: int | Tensor
+    n_outputs: int
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, index: Tensor) -> LabelledData:
+        """The examples at ``index`` (a ``(k,)`` long or ``(n,)`` bool tensor)."""
+        head = self.head if isinstance(self.head, int) else self.head[index]
+        return LabelledData(self.x[index], self.y[index], head, self.n_outputs)
+
+    @staticmethod
+    def concat(parts: Sequence[LabelledData]) -> LabelledData:
+        """All examples of ``parts``, in order, each keeping its own head."""
+        heads = [p.head for p in parts]
+        if all(isinstance(h, int) for h in heads) and len(set(heads)) == 1:
+            head: int | Tensor = heads[0]
+        else:
+            head = torch.cat(
+                [
+                    torch.full((len(p),), p.head, dtype=torch.long, device=p.y.device)
+                    if isinstance(p.head, int)
+                    else p.head
+                    for p in parts
+                ]
+            )
+        return LabelledData(
+            torch.cat([p.x for p in parts]),
+            torch.cat([p.y for p in parts]),
+            head,
+            max(p.n_outputs for p in parts),
+        )
+
+
 def expected_files(dataset: str, root: Path) -> list[Path]:
     """Files torchvision looks for when loading ``dataset`` from ``root``."""
     cls = getattr(torchvision.datasets, dataset)

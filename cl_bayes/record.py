@@ -19,11 +19,21 @@ import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
 RECORD_NAME = "record.json"
+# Keys that say where things are (or are logged) rather than what the experiment is:
+# a resumed run takes them from its own command line, everything else from the checkpoint,
+# and a configuration's fingerprint leaves them out at any depth.
+LOCAL_KEYS = ("data", "results_dir", "progress", "resume", "device", "logger")
+# Top-level config keys the fingerprint leaves out, besides LOCAL_KEYS (left out at any depth).
+NOT_FINGERPRINTED_TOP = frozenset({"seed", "hydra"})
+# Options added after records were first written, with the value every earlier run had: a
+# record without the option and one with this value ran the same experiment, so the
+# fingerprint leaves the option out when it has this value.
+ADDED_OPTIONS = {("model", "sampling"): "local"}
 
 
 def utc_now() -> str:
@@ -105,3 +115,32 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
     if device.type == "cuda":
         peak["cuda_allocated"] = torch.cuda.max_memory_allocated(device) / 2**20
     return peak
+
+
+def config_section(config: dict[str, Any], path: Sequence[str]) -> dict[str, Any] | None:
+    """The nested dict at ``path`` of ``config``, or ``None`` where there is none."""
+    section: Any = config
+    for key in path:
+        section = section.get(key) if isinstance(section, dict) else None
+    return section if isinstance(section, dict) else None
+
+
+def experiment_config(config: Any, top: bool = True) -> Any:
+    """``config`` without what is local to a machine or varies between seeds.
+
+    Drops :data:`LOCAL_KEYS` at every depth (e.g. ``method.progress``, which is
+    ``${progress}``), at the top ``seed`` and ``hydra``, and the :data:`ADDED_OPTIONS` that
+    have the value runs had before they existed.
+    """
+    if isinstance(config, dict):
+        dropped = set(LOCAL_KEYS) | (NOT_FINGERPRINTED_TOP if top else set())
+        kept = {k: experiment_config(v, False) for k, v in config.items() if k not in dropped}
+        if top:
+            for (*parents, name), value in ADDED_OPTIONS.items():
+                section = config_section(kept, parents)
+                if section is not None and section.get(name) == value:
+                    del section[name]
+        return kept
+    if isinstance(config, list):
+        return [experiment_config(v, False) for v in config]
+    return config

@@ -16,7 +16,7 @@ groups the completed runs by (task, scenario, method, protocol, configuration) a
 
 The configuration of a run is told by a fingerprint: the first 6 hex digits of the SHA-1 of
 its record's ``config`` as sorted JSON, leaving out ``seed``, ``hydra`` and the keys that say
-where things are rather than what the experiment is (``cl_bayes.run.LOCAL_KEYS``, at any depth:
+where things are rather than what the experiment is (``cl_bayes.record.LOCAL_KEYS``, at any depth:
 ``method.progress`` is ``${progress}``). Runs of one protocol with different settings (e.g.
 ``+experiment=vcl_split_mnist train.epochs=1``) thus form groups of their own; the Protocol
 cell shows the fingerprint, and the settings in which the group differs from the others,
@@ -67,7 +67,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from cl_bayes.errors import UserError
-from cl_bayes.run import LOCAL_KEYS
+from cl_bayes.record import ADDED_OPTIONS, config_section, experiment_config
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +80,6 @@ SCENARIO_NAMES = {
 }
 # Summary entries that are not metrics to average.
 NOT_METRICS = {"tasks", "average_accuracy"}
-# Top-level config keys the fingerprint leaves out, besides LOCAL_KEYS (left out at any depth).
-NOT_FINGERPRINTED_TOP = frozenset({"seed", "hydra"})
-# Options added after records were first written, with the value every earlier run had: a
-# record without the option and one with this value ran the same experiment, so the
-# fingerprint leaves the option out when it has this value.
-ADDED_OPTIONS = {("model", "sampling"): "local"}
 # How many of the settings that tell a group apart its Protocol cell names.
 SETTINGS_SHOWN = 3
 # A string value a label shows bare; others (and words JSON reads otherwise) go in quotes.
@@ -266,35 +260,6 @@ def mean_std(values: Iterable[Any]) -> Stat:
         return Stat(None, None, 0)
     std = float(numbers.std(ddof=1)) if len(numbers) > 1 else None
     return Stat(float(numbers.mean()), std, len(numbers))
-
-
-def config_section(config: dict[str, Any], path: Sequence[str]) -> dict[str, Any] | None:
-    """The nested dict at ``path`` of ``config``, or ``None`` where there is none."""
-    section: Any = config
-    for key in path:
-        section = section.get(key) if isinstance(section, dict) else None
-    return section if isinstance(section, dict) else None
-
-
-def experiment_config(config: Any, top: bool = True) -> Any:
-    """``config`` without what is local to a machine or varies between seeds.
-
-    Drops :data:`cl_bayes.run.LOCAL_KEYS` at every depth (e.g. ``method.progress``, which is
-    ``${progress}``), at the top ``seed`` and ``hydra``, and the :data:`ADDED_OPTIONS` that
-    have the value runs had before they existed.
-    """
-    if isinstance(config, dict):
-        dropped = set(LOCAL_KEYS) | (NOT_FINGERPRINTED_TOP if top else set())
-        kept = {k: experiment_config(v, False) for k, v in config.items() if k not in dropped}
-        if top:
-            for (*parents, name), value in ADDED_OPTIONS.items():
-                section = config_section(kept, parents)
-                if section is not None and section.get(name) == value:
-                    del section[name]
-        return kept
-    if isinstance(config, list):
-        return [experiment_config(v, False) for v in config]
-    return config
 
 
 def config_fingerprint(config: Any) -> str:

@@ -29,11 +29,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from cl_bayes import checkpoint
 from cl_bayes.config import check_config, instantiate
-from cl_bayes.data import TaskSequence
+from cl_bayes.data import LabelledData, TaskSequence
 from cl_bayes.errors import ConfigError, TrainingDiverged
 from cl_bayes.loggers.base import Logger
-from cl_bayes.methods.base import LabelledData, Method
+from cl_bayes.methods.base import Method
 from cl_bayes.record import (
+    LOCAL_KEYS,
     RECORD_NAME,
     peak_memory_mb,
     utc_now,
@@ -45,10 +46,6 @@ from cl_bayes.summary import format_report, summarize
 from cl_bayes.training import fit
 
 log = logging.getLogger(__name__)
-
-# Keys that say where things are (or are logged) rather than what the experiment is:
-# a resumed run takes them from its own command line, everything else from the checkpoint.
-LOCAL_KEYS = ("data", "results_dir", "progress", "resume", "device", "logger")
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -77,8 +74,8 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     scenario = Scenario.parse(cfg.scenario)
     scenario.check(sequence)
     T = sequence.n_tasks
-    train_sets = [labelled(sequence, scenario, t, "train") for t in range(T)]
-    eval_sets = [labelled(sequence, scenario, t, cfg.evaluate_on) for t in range(T)]
+    train_sets = [scenario.labelled(sequence, t, "train") for t in range(T)]
+    eval_sets = [scenario.labelled(sequence, t, cfg.evaluate_on) for t in range(T)]
     model = instantiate(
         cfg.model,
         input_shape=list(sequence.input_shape),
@@ -131,7 +128,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     try:
         logger.start(record, output_dir)
         for t in range(record["tasks_completed"], T):
-            data = method.training_data(t, train_sets)
+            data = method.training_data(t, train_sets[: t + 1])
             method.before_task(model, t, data)
             started = time.perf_counter()
             train_task(cfg, method, model, data, t, T, logger)
@@ -196,10 +193,10 @@ def train_task(
     T: int,
     logger: Logger | None = None,
 ) -> list[float]:
-    """Train ``model`` on ``data`` with ``method.loss`` and a fresh optimiser; epoch losses.
+    """Train ``model`` on ``data`` with ``method.train_step`` and a fresh optimiser.
 
-    While ``logger`` is active it gets every epoch's loss, with the method's
-    ``epoch_metrics(model)`` where it has them (VCL: its KL term), as :class:`EpochMetrics`.
+    Returns the epoch losses. While ``logger`` is active it gets every epoch's loss, with
+    the method's ``epoch_metrics(model)`` (VCL: its KL term), as :class:`EpochMetrics`.
     """
     if len(data) == 0:
         log.info(f"task {t + 1}/{T}: {type(method).__name__} trains on no data of this task")
@@ -212,7 +209,7 @@ def train_task(
     return fit(
         model,
         data,
-        method.loss,
+        method.train_step,
         instantiate(cfg.optimizer)(model.parameters()),
         cfg.train.epochs,
         cfg.train.batch_size,
@@ -236,10 +233,7 @@ class EpochMetrics(Mapping[str, float]):
 
     def _read(self) -> dict[str, float]:
         if self._metrics is None:
-            metrics = {"loss": self._loss}
-            if hasattr(self._method, "epoch_metrics"):
-                metrics.update(self._method.epoch_metrics(self._model))
-            self._metrics = metrics
+            self._metrics = {"loss": self._loss, **self._method.epoch_metrics(self._model)}
         return self._metrics
 
     def __getitem__(self, name: str) -> float:
@@ -256,7 +250,10 @@ class EpochMetrics(Mapping[str, float]):
 def evaluate(
     method: Method, model: torch.nn.Module, data: LabelledData, n_outputs: int, chunk: int = 10000
 ) -> float:
-    """Accuracy (fraction correct) of ``method``'s predictions over the first ``n_outputs``."""
+    """Accuracy (fraction correct) of ``method``'s predictions over the first ``n_outputs``.
+
+    The prediction is the argmax of ``method.predict``'s log-probabilities.
+    """
     model.eval()
     data = LabelledData(data.x, data.y, data.head, n_outputs)
     correct = 0
@@ -264,15 +261,6 @@ def evaluate(
         part = data.subset(torch.arange(start, min(start + chunk, len(data)), device=data.y.device))
         correct += (method.predict(model, part).argmax(dim=1) == part.y).sum().item()
     return correct / max(len(data), 1)
-
-
-def labelled(sequence: TaskSequence, scenario: Scenario, t: int, split: str) -> LabelledData:
-    """Task ``t``'s ``split`` (train / val / test) with the scenario's targets and head."""
-    task = sequence.tasks[t]
-    x, y = getattr(task, f"x_{split}"), getattr(task, f"y_{split}")
-    return LabelledData(
-        x, scenario.targets(sequence, t, y), scenario.head(t), scenario.n_outputs(sequence, t)
-    )
 
 
 def resolve_device(name: str) -> torch.device:

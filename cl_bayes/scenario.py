@@ -18,7 +18,7 @@ from enum import Enum
 
 from torch import Tensor
 
-from cl_bayes.data import TaskSequence
+from cl_bayes.data import LabelledData, TaskSequence
 from cl_bayes.errors import ConfigError
 
 
@@ -87,3 +87,19 @@ class Scenario(str, Enum):
     def has_untrained_heads(self) -> bool:
         """Whether a task's outputs are untrained before the task (FWT then does not apply)."""
         return self is not Scenario.DOMAIN
+
+    def labelled(self, sequence: TaskSequence, task_id: int, split: str) -> LabelledData:
+        """Task ``task_id``'s ``split`` (train / val / test) with this scenario's targets and head.
+
+        The view every method trains and is evaluated on: within-task labels mapped by
+        :meth:`targets`, the answering head from :meth:`head`, and the outputs active once
+        the task is trained (:meth:`n_outputs`).
+        """
+        task = sequence.tasks[task_id]
+        x, y = getattr(task, f"x_{split}"), getattr(task, f"y_{split}")
+        return LabelledData(
+            x,
+            self.targets(sequence, task_id, y),
+            self.head(task_id),
+            self.n_outputs(sequence, task_id),
+        )

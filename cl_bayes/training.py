@@ -1,4 +1,9 @@
-"""The epoch loop shared by every training phase (a task, VCL's ML start, coreset tuning)."""
+"""The epoch loop shared by every training phase (a task, VCL's ML start, coreset tuning).
+
+The loop draws the batches and calls a step function; what one step does (the loss, the
+gradients, the optimiser) belongs to the method (``Method.train_step``). The loop imports no
+method.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +13,36 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from cl_bayes.data import LabelledData
 from cl_bayes.errors import TrainingDiverged
-from cl_bayes.methods.base import LabelledData
 
 LossFunction = Callable[[torch.nn.Module, LabelledData], torch.Tensor]
+StepFunction = Callable[[torch.nn.Module, LabelledData, torch.optim.Optimizer], torch.Tensor]
+
+# An epoch loss this many times above the first batch's loss (or above 1, if that is larger)
+# is an explosion, not learning: with `optimizer.lr=1e6` the loss of a finetune run reaches
+# 1e14 while its accuracy drops to chance. Treated like a NaN loss.
+EXPLOSION_FACTOR = 1e6
+
+
+def plain_step(
+    loss: LossFunction,
+    model: torch.nn.Module,
+    batch: LabelledData,
+    optimizer: torch.optim.Optimizer,
+) -> torch.Tensor:
+    """One gradient step on ``loss(model, batch)``: zero_grad, backward, step; the detached loss."""
+    value = loss(model, batch)
+    optimizer.zero_grad(set_to_none=True)
+    value.backward()
+    optimizer.step()
+    return value.detach()
 
 
 def fit(
     model: torch.nn.Module,
     data: LabelledData,
-    loss: LossFunction,
+    step: StepFunction,
     optimizer: torch.optim.Optimizer,
     epochs: int,
     batch_size: int | None,
@@ -25,19 +50,22 @@ def fit(
     progress: bool = True,
     on_epoch: Callable[[int, float], None] | None = None,
 ) -> list[float]:
-    """Minimise ``loss(model, batch)`` over ``epochs`` passes of ``data``; returns epoch losses.
+    """Run ``step(model, batch, optimizer)`` over ``epochs`` passes of ``data``; epoch losses.
 
     Minibatches are drawn by indexing the in-memory tensors with a fresh random permutation
     every epoch; ``batch_size=None`` (or one at least the data size) takes the whole data
-    as one batch. The epoch loss is the example-weighted mean of the batch losses; a NaN or
-    infinite one stops training with :class:`TrainingDiverged` naming ``label`` and the epoch.
-    ``on_epoch(epoch, loss)``, when given, is called after every epoch (counted from 0).
+    as one batch. ``step`` returns the batch's detached scalar loss; the epoch loss is the
+    example-weighted mean of the batch losses. A NaN or infinite epoch loss, or one
+    :data:`EXPLOSION_FACTOR` times the first batch's (or 1, if larger), stops training with
+    :class:`TrainingDiverged` naming ``label`` and the epoch. ``on_epoch(epoch, loss)``, when
+    given, is called after every epoch (counted from 0).
     """
     n = len(data)
     batch_size = min(batch_size or n, n)
     device = data.y.device
     model.train()
     history = []
+    first_loss: float | None = None
     bar = tqdm(range(epochs), desc=label, disable=not progress, leave=False)
     for epoch in bar:
         total = torch.zeros((), device=device)
@@ -47,20 +75,29 @@ def fit(
             order = torch.randperm(n, device=device)
             batches = (data.subset(index) for index in order.split(batch_size))
         for batch in batches:
-            value = loss(model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            value.backward()
-            optimizer.step()
-            total += value.detach() * len(batch)
+            value = step(model, batch, optimizer)
+            if first_loss is None:
+                first_loss = value.item()  # one device sync, once per training phase
+            total += value * len(batch)
         epoch_loss = (total / n).item()  # one device sync per epoch
-        if not math.isfinite(epoch_loss):
-            raise TrainingDiverged(
-                f"Training loss became {epoch_loss} in {label}, epoch {epoch + 1}: "
-                f"try a lower optimizer.lr."
-            )
+        _check_loss(epoch_loss, first_loss, label, epoch)
         bar.set_postfix(loss=f"{epoch_loss:.4f}")
         history.append(epoch_loss)
         if on_epoch is not None:
             on_epoch(epoch, epoch_loss)
     bar.close()
     return history
+
+
+def _check_loss(epoch_loss: float, first_loss: float | None, label: str, epoch: int) -> None:
+    if not math.isfinite(epoch_loss):
+        raise TrainingDiverged(
+            f"Training loss became {epoch_loss} in {label}, epoch {epoch + 1}: "
+            f"try a lower optimizer.lr."
+        )
+    reference = max(abs(first_loss or 0.0), 1.0)
+    if epoch_loss > EXPLOSION_FACTOR * reference:
+        raise TrainingDiverged(
+            f"Training loss exploded to {epoch_loss:.3g} in {label}, epoch {epoch + 1} "
+            f"(the first batch's was {first_loss:.3g}): try a lower optimizer.lr."
+        )

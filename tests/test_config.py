@@ -16,7 +16,7 @@ from cl_bayes.config import CONF_DIR, TASKS_DIR, check_config, instantiate
 from cl_bayes.data import DATASETS
 from cl_bayes.errors import ConfigError, DataNotFoundError
 from cl_bayes.methods.base import Method
-from cl_bayes.run import labelled, run
+from cl_bayes.run import run
 from cl_bayes.scenario import Scenario
 from tests.conftest import compose_config
 
@@ -111,7 +111,7 @@ def test_every_combination_composes_and_instantiates(
             cfg.model, input_shape=[1, 28, 28], head_sizes=scenario.head_sizes(sequence)
         )
         learner = instantiate(cfg.method)
-        data = labelled(sequence, scenario, 0, "train")
+        data = scenario.labelled(sequence, 0, "train")
         learner.before_task(net, 0, learner.training_data(0, [data]))
     except ConfigError as error:
         # A model that does not suit the method may be refused, clearly; a method's own

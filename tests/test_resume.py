@@ -13,7 +13,8 @@ import pytest
 
 from cl_bayes import checkpoint
 from cl_bayes.errors import ConfigError
-from cl_bayes.run import LOCAL_KEYS, run
+from cl_bayes.record import LOCAL_KEYS
+from cl_bayes.run import run
 from tests.conftest import LONG_ENOUGH, run_cli
 
 

@@ -2,72 +2,50 @@
 
 For each task ``t`` the loop in ``cl_bayes.run`` calls::
 
-    data = method.training_data(t, train_sets)     # what to train on (default: task t's own)
+    data = method.training_data(t, train_sets[: t + 1])  # what to train on (default: task t's)
     method.before_task(model, t, data)
-    for batch in batches(data):                       # shuffled minibatches drawn by index
-        loss = method.loss(model, batch)             # scalar to minimise
-        ...backward, optimiser step...
-    method.after_task(model, t, data)                # e.g. Fisher, posterior -> prior
+    for batch in batches(data):                         # shuffled minibatches drawn by index
+        method.train_step(model, batch, optimizer)      # default: loss, zero_grad, backward, step
+    method.after_task(model, t, data)                   # e.g. Fisher, posterior -> prior
 
-and evaluates with ``method.predict(model, data)`` (``data.y`` unused). Whatever a method keeps
-between tasks (anchors, Fisher information, buffers, priors) lives on the method and goes through
-``state_dict`` / ``load_state_dict`` so that checkpoints restore it exactly; state held as
-buffers of the model needs nothing more.
+logs ``method.epoch_metrics(model)`` beside each epoch's loss, and evaluates with
+``method.predict(model, data)``: log-probabilities ``(batch, n_outputs)`` (``data.y`` unused),
+whose argmax is the prediction. ``training_data`` sees the tasks trained so far and never a
+later one. Whatever a method keeps between tasks (anchors, Fisher information, memories,
+priors) lives on the method and goes through ``state_dict`` / ``load_state_dict`` so that
+checkpoints restore it exactly; state held as buffers of the model needs nothing more.
+
+Which hooks a method overrides (the rest keep the defaults below):
+
+======  ===============  ===========  ===========  ==============  ===============  ========
+method  training_data    before_task  loss         train_step      after_task       predict
+======  ===============  ===========  ===========  ==============  ===============  ========
+EWC     .                .            + penalty    .               Fisher           .
+SI      .                .            + penalty    observes step   importance ω     .
+LwF     .                snapshot     + distil     .               .                .
+ER      keeps ``seen``   .            + replay     .               update memory    .
+A-GEM   keeps ``seen``   .            .            projects grad   update memory    .
+VCL     coreset out      new heads    neg ELBO     .               posterior→prior  MC mean
+======  ===============  ===========  ===========  ==============  ===============  ========
+
+(EWC: the diagonal Fisher at the task's end; SI: the path integral ω of every step's gradient
+times parameter change; LwF: distillation towards the model snapshot taken before the task;
+ER: a batch of its memory (index tensors into the tasks in ``seen``) mixed into each step's
+loss; A-GEM: the gradient projected against the memory's reference gradient between backward
+and step; VCL: the posterior becomes the next prior, and prediction averages the softmax over
+weight samples.)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-@dataclass(frozen=True)
-class LabelledData:
-    """Inputs with scenario targets and the head that answers each example.
-
-    ``x``: ``(n, ...)``; ``y``: ``(n,)`` long targets in the scenario's label space;
-    ``head``: one head index for all examples, or an ``(n,)`` long tensor.
-    ``n_outputs``: active outputs (class-incremental: the classes seen so far).
-    """
-
-    x: Tensor
-    y: Tensor
-    head: int | Tensor
-    n_outputs: int
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def subset(self, index: Tensor) -> LabelledData:
-        """The examples at ``index`` (a ``(k,)`` long or ``(n,)`` bool tensor)."""
-        head = self.head if isinstance(self.head, int) else self.head[index]
-        return LabelledData(self.x[index], self.y[index], head, self.n_outputs)
-
-    @staticmethod
-    def concat(parts: Sequence[LabelledData]) -> LabelledData:
-        """All examples of ``parts``, in order, each keeping its own head."""
-        heads = [p.head for p in parts]
-        if all(isinstance(h, int) for h in heads) and len(set(heads)) == 1:
-            head: int | Tensor = heads[0]
-        else:
-            head = torch.cat(
-                [
-                    torch.full((len(p),), p.head, dtype=torch.long, device=p.y.device)
-                    if isinstance(p.head, int)
-                    else p.head
-                    for p in parts
-                ]
-            )
-        return LabelledData(
-            torch.cat([p.x for p in parts]),
-            torch.cat([p.y for p in parts]),
-            head,
-            max(p.n_outputs for p in parts),
-        )
+from cl_bayes.data import LabelledData
+from cl_bayes.training import plain_step
 
 
 def logits(model: nn.Module, batch: LabelledData) -> Tensor:
@@ -78,9 +56,13 @@ def logits(model: nn.Module, batch: LabelledData) -> Tensor:
 class Method:
     """Base class: plain training on the current task's data with cross-entropy."""
 
-    def training_data(self, task_id: int, train_sets: Sequence[LabelledData]) -> LabelledData:
-        """The data to train on for task ``task_id``; ``train_sets[j]`` is task ``j``'s."""
-        return train_sets[task_id]
+    def training_data(self, task_id: int, seen: Sequence[LabelledData]) -> LabelledData:
+        """The data to train on for task ``task_id``.
+
+        ``seen[j]`` is task ``j``'s training set, for the tasks trained so far and the current
+        one (``j = 0 .. task_id``); later tasks are never passed.
+        """
+        return seen[task_id]
 
     def before_task(self, model: nn.Module, task_id: int, data: LabelledData) -> None:
         """Prepare for training on task ``task_id``."""
@@ -89,13 +71,31 @@ class Method:
         """Scalar loss to minimise on ``batch``."""
         return F.cross_entropy(logits(model, batch), batch.y)
 
+    def train_step(
+        self, model: nn.Module, batch: LabelledData, optimizer: torch.optim.Optimizer
+    ) -> Tensor:
+        """One optimisation step on ``batch``; returns the detached loss.
+
+        The default is :func:`~cl_bayes.training.plain_step` on :meth:`loss`: zero_grad,
+        backward, step. Override it to touch the gradients between backward and step
+        (A-GEM) or to observe each step (SI).
+        """
+        return plain_step(self.loss, model, batch, optimizer)
+
     def after_task(self, model: nn.Module, task_id: int, data: LabelledData) -> None:
         """Consolidate what was learnt on task ``task_id``."""
 
     @torch.no_grad()
     def predict(self, model: nn.Module, data: LabelledData) -> Tensor:
-        """Scores ``(batch, n_outputs)`` over the active outputs; the argmax is the prediction."""
-        return logits(model, data)
+        """Log-probabilities ``(batch, n_outputs)`` over the active outputs.
+
+        Each row's log-sum-exp is 0; the argmax is the prediction.
+        """
+        return logits(model, data).log_softmax(dim=-1)
+
+    def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
+        """Numbers logged beside each epoch's loss (none by default; VCL: its KL term)."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         """What the method keeps between tasks, for checkpoints."""

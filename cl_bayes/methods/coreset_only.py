@@ -16,8 +16,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from cl_bayes.data import LabelledData
 from cl_bayes.errors import ConfigError
-from cl_bayes.methods.base import LabelledData
 from cl_bayes.methods.vcl import VCL
 
 
@@ -61,9 +61,9 @@ class CoresetOnly(VCL):
             progress=progress,
         )
 
-    def training_data(self, task_id: int, train_sets: Sequence[LabelledData]) -> LabelledData:
+    def training_data(self, task_id: int, seen: Sequence[LabelledData]) -> LabelledData:
         """No examples: the task's coreset is selected, and the rest is never trained on."""
-        rest = super().training_data(task_id, train_sets)
+        rest = super().training_data(task_id, seen)
         return rest.subset(torch.zeros(0, dtype=torch.long, device=rest.y.device))
 
     def after_task(self, model: nn.Module, task_id: int, data: LabelledData) -> None:

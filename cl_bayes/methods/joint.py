@@ -13,16 +13,17 @@ from typing import Sequence
 
 from torch import nn
 
-from cl_bayes.methods.base import LabelledData, Method
+from cl_bayes.data import LabelledData
+from cl_bayes.methods.base import Method
 from cl_bayes.models.mlp import reset_parameters
 
 
 class Joint(Method):
     """Retrain from scratch on tasks ``0 .. t`` after each new task ``t``."""
 
-    def training_data(self, task_id: int, train_sets: Sequence[LabelledData]) -> LabelledData:
+    def training_data(self, task_id: int, seen: Sequence[LabelledData]) -> LabelledData:
         """All training examples of tasks ``0 .. task_id``, each with its own head."""
-        return LabelledData.concat(train_sets[: task_id + 1])
+        return LabelledData.concat(seen[: task_id + 1])
 
     def before_task(self, model: nn.Module, task_id: int, data: LabelledData) -> None:
         """Re-initialise every parameter: each task retrains from scratch."""

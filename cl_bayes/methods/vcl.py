@@ -25,9 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cl_bayes.coresets import k_center_coreset, random_coreset
+from cl_bayes.data import LabelledData
 from cl_bayes.errors import ConfigError
-from cl_bayes.methods.base import LabelledData, Method
-from cl_bayes.training import fit
+from cl_bayes.methods.base import Method
+from cl_bayes.training import fit, plain_step
 
 CORESET_METHODS = ("random", "k_center")
 STARTS = ("posterior", "fresh")
@@ -101,10 +102,10 @@ class VCL(Method):
         self._predictors: dict[int, nn.Module] = {}
 
     # -- the method interface -------------------------------------------------------------
-    def training_data(self, task_id: int, train_sets: Sequence[LabelledData]) -> LabelledData:
+    def training_data(self, task_id: int, seen: Sequence[LabelledData]) -> LabelledData:
         """Task ``task_id``'s training set without its coreset (which is selected here)."""
-        self._train_sets = train_sets
-        data = train_sets[task_id]
+        self._train_sets = seen
+        data = seen[task_id]
         if not self.coreset_size:
             return data
         if self.coreset_method == "k_center":
@@ -148,14 +149,18 @@ class VCL(Method):
 
     @torch.no_grad()
     def predict(self, model: nn.Module, data: LabelledData) -> Tensor:
-        """Class probabilities ``(batch, n_outputs)`` averaged over ``predict_samples`` draws."""
+        """Log of the Monte Carlo predictive ``(batch, n_outputs)``.
+
+        The class probabilities are averaged over ``predict_samples`` weight draws, then the
+        log is taken: ``log (1/S) sum_s softmax(f(x; w_s))``.
+        """
         if isinstance(data.head, int):
             model = self._predictors.get(data.head, model)
         probabilities = torch.zeros(len(data), data.n_outputs, device=data.y.device)
         for samples in _chunks(self.predict_samples, 10):
             scores = model(data.x, data.head, samples)[..., : data.n_outputs]
             probabilities += scores.softmax(dim=-1).sum(dim=0)
-        return probabilities / self.predict_samples
+        return (probabilities / self.predict_samples).log()
 
     def state_dict(self) -> dict[str, Any]:
         """Coreset indices and the heads trained so far (the priors live in the model)."""
@@ -166,18 +171,17 @@ class VCL(Method):
         self.coreset_index = dict(state["coreset_index"])
         self.seen_heads = list(state["seen_heads"])
 
-    # -- VCL's own pieces ------------------------------------------------------------------
     @torch.no_grad()
     def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
         """The KL part of the current task's negative ELBO, logged after every epoch.
 
-        Not part of the :class:`Method` interface: the loop in ``cl_bayes.run`` hands these
-        to the logger beside the epoch loss for methods that define this function.
         ``kl``: ``KL(q || prior)`` over the body and the heads trained so far (nats), at the
         current posterior; ``kl_term``: ``beta * kl / N_t``, its share of the loss.
         """
         kl = float(model.kl(self.seen_heads))
         return {"kl": kl, "kl_term": self.beta * kl / self._n_train}
+
+    # -- VCL's own pieces ------------------------------------------------------------------
 
     def neg_elbo(self, model: nn.Module, batch: LabelledData, n_train: int) -> Tensor:
         """``nll + beta * kl / n_train``: nll averaged over samples and examples."""
@@ -211,7 +215,8 @@ class VCL(Method):
 
     def _fit(self, model: nn.Module, data: LabelledData, loss, label: str) -> None:
         optimizer = self.optimizer(model.parameters())
-        fit(model, data, loss, optimizer, self.epochs, self.batch_size, label, self.progress)
+        step = partial(plain_step, loss)
+        fit(model, data, step, optimizer, self.epochs, self.batch_size, label, self.progress)
 
 
 def _chunks(total: int, size: int) -> list[int]:

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
+from cl_bayes.data import LabelledData
 from cl_bayes.errors import ConfigError
-from cl_bayes.methods.base import LabelledData
 from cl_bayes.methods.coreset_only import CoresetOnly
 from cl_bayes.models.bayes_mlp import BayesMLP
 from cl_bayes.run import run

@@ -2,7 +2,7 @@
 
 import torch
 
-from cl_bayes.methods.base import LabelledData
+from cl_bayes.data import LabelledData
 from cl_bayes.methods.finetune import Finetune
 from cl_bayes.models.mlp import MLP
 

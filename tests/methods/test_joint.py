@@ -2,7 +2,7 @@
 
 import torch
 
-from cl_bayes.methods.base import LabelledData
+from cl_bayes.data import LabelledData
 from cl_bayes.methods.joint import Joint
 from cl_bayes.models.mlp import MLP
 

@@ -4,8 +4,8 @@ import torch
 from hydra.utils import instantiate
 
 import cl_bayes.run
+from cl_bayes.data import LabelledData
 from cl_bayes.errors import ConfigError
-from cl_bayes.methods.base import LabelledData
 from cl_bayes.methods.vcl import VCL
 from cl_bayes.models.bayes_mlp import BayesMLP
 from cl_bayes.models.mlp import MLP
@@ -68,7 +68,7 @@ def test_after_a_task_the_prior_is_the_old_posterior_and_new_heads_get_n01():
         cl_bayes.run.fit(
             model,
             data,
-            method.loss,
+            method.train_step,
             torch.optim.Adam(model.parameters(), 1e-2),
             3,
             None,
@@ -128,13 +128,17 @@ def test_coreset_tuned_copies_predict_and_the_model_is_not_changed():
     assert not torch.equal(tuned.weight_posterior_mean, model.heads[1].weight_posterior_mean)
 
 
-def test_predict_averages_probabilities():
-    torch.manual_seed(0)
+def test_predict_is_the_log_of_the_mean_softmax_over_samples():
     model = BayesMLP(6, [8], [3])
     data = LabelledData(torch.rand(4, 6), torch.zeros(4, dtype=torch.long), 0, 3)
-    probabilities = _method(predict_samples=25).predict(model, data)
-    assert probabilities.shape == (4, 3)
-    assert torch.allclose(probabilities.sum(1), torch.ones(4))
+    torch.manual_seed(0)
+    log_probabilities = _method(predict_samples=25).predict(model, data)
+    torch.manual_seed(0)  # the same draws, in the same chunks of 10, 10 and 5 samples
+    scores = torch.cat([model(data.x, 0, k) for k in (10, 10, 5)])
+    expected = scores.softmax(dim=-1).mean(dim=0).log()
+    assert log_probabilities.shape == (4, 3)
+    torch.testing.assert_close(log_probabilities, expected)
+    torch.testing.assert_close(log_probabilities.logsumexp(dim=1), torch.zeros(4))
 
 
 def test_vcl_refuses_a_deterministic_model():
