@@ -139,7 +139,16 @@ def test_every_combination_composes_and_instantiates(
         ("train.epochs=1.5", r"train\.epochs must be a whole number"),
         ("optimizer.lr=0", r"optimizer\.lr must be a positive number, got 0"),
         ("optimizer.lr=-0.001", r"optimizer\.lr must be a positive number"),
-        ("train.batch_size=0", r"train\.batch_size .*must be a positive number"),
+        ("train.batch_size=0", r"train\.batch_size must be a positive whole number or null"),
+        ("train.batch_size=0.5", r"train\.batch_size must be a positive whole number .*got 0\.5\."),
+        ("seed=1.5", r"seed must be a whole number from 0 to 4294967295, got 1\.5\."),
+        ("seed=abc", r"seed must be a whole number from 0 to 4294967295, got 'abc'\."),
+        ("seed=-1", r"seed must be a whole number from 0 to 4294967295, got -1\."),
+        ("seed=4294967296", r"seed must be .* got 4294967296\."),
+        ("seed=true", r"seed must be a whole number .*got True\."),
+        ("model.hidden_sizes=32", r"model\.hidden_sizes must list at least one .*; got 32\."),
+        ("model.hidden_sizes=null", r"model\.hidden_sizes must list at least one .*; got None\."),
+        ("model.hidden_sizes=[16,true]", r"model\.hidden_sizes must list .*\[16, True\]"),
         ("model.hidden_sizes=[]", r"model\.hidden_sizes must list at least one positive width"),
         ("model.hidden_sizes=[16,0]", r"model\.hidden_sizes must list at least one positive"),
         ("model.sampling=flipout", r"model\.sampling must be one of local, weights, got 'flip"),
@@ -147,10 +156,29 @@ def test_every_combination_composes_and_instantiates(
         ("evaluate_on=val", r"evaluate_on=val needs a validation split: set task\.val_fraction"),
         ("evaluate_on=train", r"evaluate_on must be 'test' or 'val'"),
         ("device=tpu", r"device must be auto, cpu, cuda"),
+        ("device=cuda:abc", r"device must be auto, cpu, cuda or cuda:<index>, got 'cuda:abc'\."),
+        ("device=cuda:", r"device must be .*, got 'cuda:'\."),
+        ("results_dir=null", r"results_dir must be a folder .*, got None\."),
+        ("results_dir=''", r"results_dir must be a folder .*, got ''\."),
+        ("task.train_size=abc", r"task\.train_size must be a positive whole number .*got 'abc'"),
+        ("task.train_size=0", r"task\.train_size must be a positive whole number .*got 0\."),
+        ("task.train_size=2.5", r"task\.train_size must be .*got 2\.5\."),
+        ("task.n_tasks=abc", r"task\.n_tasks must be a positive whole number .*got 'abc'\."),
+        ("task.n_tasks=0", r"task\.n_tasks must be a positive whole number .*got 0\."),
+        ("task.val_fraction=abc", r"task\.val_fraction must be a number in \[0, 1\), got 'abc'"),
+        ("task.val_fraction=1", r"task\.val_fraction must be a number in \[0, 1\), got 1\."),
+        ("logger=wandb logger.mode=foo", r"logger\.mode must be one of online, offline, disabled"),
     ],
 )
 def test_bad_values_fail_before_anything_is_written(override, message, compose_cfg, tmp_path):
-    cfg = compose_cfg(*SMALL, f"results_dir={tmp_path / 'results'}", override)
+    # The data root is empty and downloads are off: loading first would fail differently.
+    cfg = compose_cfg(
+        *SMALL,
+        f"data.root={tmp_path / 'no_data'}",
+        "data.download=false",
+        f"results_dir={tmp_path / 'results'}",
+        *override.split(),
+    )
     with pytest.raises(ConfigError, match=message) as info:
         run(cfg, tmp_path / "run")
     assert "\n" not in str(info.value)  # one line
@@ -186,6 +214,32 @@ def test_bad_cnn_options_fail_before_the_data_loads(override, message, compose_c
 def test_null_batch_size_means_full_batch_and_is_valid(compose_cfg):
     check_config(compose_cfg("train.batch_size=null"))
     check_config(compose_cfg("evaluate_on=val", "task.val_fraction=0.1"))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["seed=0"],
+        ["seed=4294967295"],
+        ["device=cuda:1"],
+        ["device=cuda"],
+        ["task.train_size=null"],
+        ["task=rotated_mnist", "task.n_tasks=null"],  # rotated's own default: one per angle
+        ["logger=wandb", "logger.mode=offline"],
+        ["logger=wandb", "logger.mode=null"],  # WANDB_MODE decides
+        ["model=bayes_cnn", "model.hidden_sizes=[]"],  # convolutions straight to the heads
+    ],
+)
+def test_good_values_pass(overrides, compose_cfg):
+    check_config(compose_cfg(*overrides))
+
+
+@pytest.mark.parametrize("task", ["permuted_mnist", "synthetic"])
+def test_null_is_refused_where_the_task_builder_has_no_null_default(task, compose_cfg):
+    with pytest.raises(
+        ConfigError, match=r"task\.n_tasks must be a positive whole number, got None"
+    ):
+        check_config(compose_cfg(f"task={task}", "task.n_tasks=null"))
 
 
 @pytest.mark.parametrize("group, name", [("method", "ewc_typo"), ("task", "split_mnst")])
