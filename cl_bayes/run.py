@@ -15,6 +15,7 @@ import json
 import logging
 import random
 import signal
+import tempfile
 import threading
 import time
 import uuid
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from cl_bayes import checkpoint
@@ -63,7 +65,12 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     state = None
     if cfg.resume:
         output_dir, state, cfg = _load_resume(cfg)
-    output_dir.mkdir(parents=True, exist_ok=True)
+        if state["record"]["tasks_completed"] >= state["record"]["n_tasks"]:
+            return _completed(output_dir, state["record"])
+    else:
+        _check_fresh_run_dir(output_dir)
+    _check_writable(output_dir, "the run's output directory (hydra.run.dir)")
+    _check_writable(Path(cfg.results_dir) / "runs", "results_dir")
     joint_R = _joint_reference(cfg)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
@@ -305,6 +312,41 @@ def _new_record(cfg, sequence, scenario, method_name, device, T) -> dict[str, An
     }
 
 
+def _completed(run_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Say that the run in ``run_dir`` has no task left; its record, read and left untouched."""
+    log.info(
+        f"{record['run_id']} is complete ({record['n_tasks']} of {record['n_tasks']} tasks): "
+        f"nothing to resume; {run_dir} is left as it is."
+    )
+    try:
+        return json.loads((run_dir / RECORD_NAME).read_text())
+    except (OSError, ValueError):
+        return record
+
+
+def _check_fresh_run_dir(output_dir: Path) -> None:
+    """Refuse to start a new run where another run's checkpoint or record would be overwritten."""
+    for name in (checkpoint.CHECKPOINT_NAME, RECORD_NAME):
+        if (output_dir / name).exists():
+            raise ConfigError(
+                f"{output_dir} already holds another run's {name}: continue that run with "
+                f"resume={output_dir}, or start this one elsewhere (hydra.run.dir=<new folder>)."
+            )
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    """Create ``folder`` and write a file in it, so a bad path fails before any training."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ConfigError(
+            f"{what}: cannot write to {folder} ({reason}). Choose a folder you can write to."
+        ) from None
+
+
 def _load_resume(cfg: DictConfig) -> tuple[Path, dict[str, Any], DictConfig]:
     run_dir = Path(cfg.resume).expanduser().resolve()
     path = run_dir / checkpoint.CHECKPOINT_NAME
@@ -315,19 +357,48 @@ def _load_resume(cfg: DictConfig) -> tuple[Path, dict[str, Any], DictConfig]:
         )
     state = checkpoint.load(path)
     saved = OmegaConf.create(state["config"])
-    current = OmegaConf.to_container(cfg, resolve=True)
-    changed = sorted(
-        key
-        for key in set(current) | set(saved)
-        if key not in LOCAL_KEYS and current.get(key) != saved.get(key)
-    )
+    changed = _changed_overrides(cfg, saved)
     if changed:
         log.warning(
-            f"resume: the checkpoint's config is used; ignoring changed keys {', '.join(changed)}"
+            f"resume: the checkpoint's config is used; ignoring the changed settings "
+            f"{', '.join(changed)}"
         )
     for key in LOCAL_KEYS:
         saved[key] = cfg[key]
     return run_dir, state, saved
+
+
+def _changed_overrides(cfg: DictConfig, saved: DictConfig) -> list[str]:
+    """The command line's settings that differ from the checkpoint's config, as ``key=value``.
+
+    Only what the user gave on the command line counts (Hydra's overrides; none when ``run``
+    is called without Hydra): the defaults of a bare ``resume=<dir>`` command differ from
+    most runs' settings without the user having changed anything. Machine-local keys
+    (:data:`~cl_bayes.record.LOCAL_KEYS`) are taken from the command line and are not listed;
+    an override that names no config key (``+experiment=...``) is listed as given.
+    """
+    if not HydraConfig.initialized():
+        return []
+    changed = []
+    for override in HydraConfig.get().overrides.task:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key.split(".", 1)[0] in LOCAL_KEYS:
+            continue
+        current = _setting(cfg, key)
+        if current is _MISSING or _setting(saved, key) != current:
+            changed.append(override)
+    return sorted(changed)
+
+
+_MISSING = object()
+
+
+def _setting(cfg: DictConfig, key: str) -> Any:
+    """The resolved value at the dotted ``key`` (plain containers for nodes), or ``_MISSING``."""
+    value = OmegaConf.select(cfg, key, default=_MISSING)
+    if OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
 
 
 def _joint_reference(cfg: DictConfig) -> np.ndarray | None:

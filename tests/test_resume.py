@@ -98,3 +98,91 @@ def test_resume_from_a_folder_without_a_checkpoint_is_a_clear_error(tiny_cfg, tm
     with pytest.raises(ConfigError, match=f"resume={missing}: no checkpoint at {missing}"):
         run(tiny_cfg(f"resume={missing}"), tmp_path / "run")
     assert not (tmp_path / "run").exists() and not missing.exists()
+
+
+def _files(folder):
+    """Every file under ``folder`` with its bytes and modification time."""
+    return {
+        path: (path.read_bytes(), path.stat().st_mtime_ns)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_resuming_a_completed_run_changes_nothing(tiny_cfg, tmp_path, cached_data):
+    run_dir = tmp_path / "run"
+    done = run(tiny_cfg("method=finetune"), run_dir)
+    assert done["status"] == "completed"
+    before = _files(tmp_path)
+    again = run(tiny_cfg(f"resume={run_dir}"), tmp_path / "resume")
+    assert again == _read(run_dir / "record.json")  # the record, read back
+    assert again["run_id"] == done["run_id"] and again["status"] == "completed"
+    assert _files(tmp_path) == before  # not a byte or a timestamp changed, nothing new
+
+
+def test_a_fresh_run_refuses_a_folder_holding_another_runs_files(tiny_cfg, tmp_path, cached_data):
+    run_dir = tmp_path / "run"
+    run(tiny_cfg("method=finetune"), run_dir)
+    before = _files(tmp_path)
+    with pytest.raises(
+        ConfigError, match=f"{run_dir} already holds another run's .*resume={run_dir}"
+    ):
+        run(tiny_cfg("method=finetune", "seed=1"), run_dir)
+    assert _files(tmp_path) == before
+
+
+@pytest.mark.parametrize("key", ["results_dir", "run_dir"])
+def test_an_unwritable_folder_is_reported_before_any_data_is_loaded(
+    tiny_cfg, tmp_path, monkeypatch, key
+):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the data was loaded before the folders were checked")
+
+    monkeypatch.setattr("cl_bayes.data.load_torchvision", no_loading)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    run_dir, results = tmp_path / "run", tmp_path / "results"
+    if key == "results_dir":
+        results = blocker / "results"
+    else:
+        run_dir = blocker / "run"
+    with pytest.raises(ConfigError, match=f"cannot write to {blocker / ''}.*Choose a folder"):
+        run(tiny_cfg("method=finetune", f"results_dir={results}"), run_dir)
+
+
+def test_the_resume_warning_names_only_the_settings_the_user_changed(tmp_path, data_root):
+    tiny = [
+        "method=finetune",
+        "task.train_size=100",
+        "train.epochs=1",
+        "model.hidden_sizes=[8]",
+        "progress=false",
+        "device=cpu",
+        "task.n_tasks=2",
+    ]
+    run_dir, results = tmp_path / "run", tmp_path / "results"
+    first = run_cli(*tiny, f"results_dir={results}", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    # Interrupted after its first task, as far as the checkpoint knows.
+    state = checkpoint.load(run_dir / checkpoint.CHECKPOINT_NAME)
+    state["record"]["tasks_completed"] = 1
+    checkpoint.save(run_dir / checkpoint.CHECKPOINT_NAME, state)
+
+    def resume(*extra):
+        proc = run_cli(
+            f"resume={run_dir}",
+            f"results_dir={results}",
+            f"hydra.run.dir={tmp_path / 'resume' / str(len(extra))}",
+            "progress=false",
+            *extra,
+            cwd=tmp_path,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return [line for line in (proc.stdout + proc.stderr).splitlines() if "ignoring" in line]
+
+    # A bare resume differs from the run in method, model, task and train, yet changes nothing.
+    assert resume() == []
+    # Settings equal to the checkpoint's, and local ones, are not changes either.
+    assert resume("train.epochs=1", "device=cpu", "results_dir=" + str(results)) == []
+    (warning,) = resume("seed=5", "train.epochs=1", "optimizer.lr=0.5")
+    assert warning.endswith("ignoring the changed settings optimizer.lr=0.5, seed=5")
