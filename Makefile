@@ -8,12 +8,12 @@ RAY_VENV ?= .venv-ray
 CL_BAYES_DATA ?= $(if $(wildcard ../shared/data/MNIST),$(abspath ../shared/data),$(abspath data))
 export CL_BAYES_DATA
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet -e '.[dev,joblib,submitit]'
 	touch $@
 
-$(RAY_VENV)/.installed: pyproject.toml
+$(RAY_VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(RAY_VENV)
 	$(RAY_VENV)/bin/pip install --quiet -e '.[dev,ray]'
 	touch $@
@@ -37,7 +37,7 @@ test-ray: $(RAY_VENV)/.installed
 	$(RAY_VENV)/bin/python -m pytest -q tests/test_launchers.py -k ray $(ARGS)
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check cl_bayes tests benchmarks
+	$(VENV)/bin/ruff check cl_bayes tests benchmarks setup.py
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/finetune_epoch.py

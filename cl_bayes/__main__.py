@@ -11,14 +11,17 @@ from omegaconf import DictConfig
 
 from cl_bayes.allocator import keep_freed_memory
 from cl_bayes.checkpoint import CHECKPOINT_NAME
-from cl_bayes.config import register_task_sequences
+from cl_bayes.config import CONF_DIR, register_task_sequences
 from cl_bayes.errors import UserError
 from cl_bayes.run import run
 
 log = logging.getLogger("cl_bayes")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+# An absolute path: Hydra reads a relative one against this file under `python -m cl_bayes` but
+# as a package path (`pkg://conf`, not found) under the `cl-bayes` command; CONF_DIR is the
+# checkout's conf/ or the installed package's copy.
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Run the experiment ``cfg`` describes.
 
@@ -52,7 +55,12 @@ def main(cfg: DictConfig) -> float | None:
     return record["summary"].get("acc")
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``cl-bayes <overrides>``, the same as ``python -m cl_bayes <overrides>``."""
     keep_freed_memory()
     register_task_sequences()
     main()
+
+
+if __name__ == "__main__":
+    cli()

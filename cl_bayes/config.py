@@ -18,16 +18,21 @@ from cl_bayes.loggers.wandb import MODES as LOGGER_MODES
 from cl_bayes.models.bayes_cnn import check_conv_options
 from cl_bayes.scenario import Scenario
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONF_DIR = REPO_ROOT / "conf"
-TASKS_DIR = REPO_ROOT / "tasks"
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
+# A regular install (`pip install .`) has no repository around the package: the wheel ships
+# copies of conf/ and tasks/ inside it (setup.py). A checkout or an editable install has no such
+# copies and reads the top-level folders, the ones under version control.
+_CONFIG_ROOT = PACKAGE_DIR if (PACKAGE_DIR / "conf").is_dir() else REPO_ROOT
+CONF_DIR = _CONFIG_ROOT / "conf"
+TASKS_DIR = _CONFIG_ROOT / "tasks"
 
 
 def register_task_sequences(tasks_dir: Path = TASKS_DIR) -> list[str]:
     """Make every ``tasks/<name>.yaml`` selectable as ``task=<name>``; returns the names.
 
-    Task sequences live in the top-level ``tasks/`` folder rather than ``conf/task/``, so
-    they are registered with Hydra's config store under the group ``task``.
+    Task sequences live in the top-level ``tasks/`` folder (``TASKS_DIR``) rather than
+    ``conf/task/``, so they are registered with Hydra's config store under the group ``task``.
     """
     store = ConfigStore.instance()
     names = []
