@@ -1,7 +1,11 @@
 """Weights & Biases logging: ``python -m cl_bayes logger=wandb [logger.mode=offline]``.
 
 One W&B run per cl_bayes run, whose id and name are the record's ``run_id`` (a resumed run
-continues the same W&B run). What it logs:
+continues the same W&B run). Where it goes is W&B's choice unless the config says: with
+``logger.mode``, ``logger.project`` and ``logger.entity`` unset (the default), ``WANDB_MODE``
+(or W&B's settings files; else ``online``), ``WANDB_PROJECT`` (else ``cl_bayes``) and
+``WANDB_ENTITY`` (or the settings files; else the account's default) decide; a value set in
+the config wins over them. What it logs:
 
 - config: the resolved configuration, as in the record;
 - ``train/loss`` after every epoch (VCL also ``train/kl``, ``KL(q || prior)`` in nats, and
@@ -14,10 +18,12 @@ continues the same W&B run). What it logs:
   ``forgetting``, ``fwt`` and ``intransigence`` (where defined), ``tasks_completed`` and
   ``status`` in the run summary; the record JSON as an artifact of type ``run-record``.
 
-Any error while logging (from wandb: not logged in, no network, ...; or from computing the
-metrics handed to :meth:`WandbLogger.log_epoch`, such as a method's ``epoch_metrics``) is
-logged as one warning and turns W&B logging off for the rest of the run, which goes on and
-writes its record as usual.
+An online start that cannot reach W&B (no API key, no network, the server not answering
+within wandb's ``init_timeout``) starts the run offline in the same directory instead, with one
+warning that gives the ``wandb sync <offline run folder>`` command that uploads it later. Any
+other error while logging (from wandb; or from computing the metrics handed to
+:meth:`WandbLogger.log_epoch`, such as a method's ``epoch_metrics``) is logged as one warning
+and turns W&B logging off for the rest of the run, which goes on and writes its record as usual.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -37,6 +45,9 @@ from cl_bayes.loggers.base import Logger
 log = logging.getLogger(__name__)
 
 MODES = ("online", "offline", "disabled")
+# What wandb accepts in WANDB_MODE (`wandb.Settings.mode`); `dryrun` is offline, `run` online.
+WANDB_MODES = (*MODES, "dryrun", "run", "shared")
+DEFAULT_PROJECT = "cl_bayes"
 SUMMARY_KEYS = ("acc", "bwt", "forgetting", "fwt", "intransigence")
 RECORD_ARTIFACT_TYPE = "run-record"
 MAX_GROUP_LENGTH = 128  # the W&B server's limit
@@ -47,8 +58,11 @@ class WandbLogger(Logger):
 
     Parameters
     ----------
-    project, entity
-        W&B project (``cl_bayes``) and entity (``None``: the account's default).
+    project
+        W&B project; ``None``: ``WANDB_PROJECT``, else ``cl_bayes`` (not W&B's
+        ``uncategorized``, and a project in a W&B settings file is not read).
+    entity
+        W&B entity; ``None``: ``WANDB_ENTITY``, else W&B's settings, else the account's default.
     group
         Runs shown together; ``None`` groups the jobs of a Hydra multirun by their sweep
         directory (its last two parts, e.g. ``2026-11-22/10-00-00``; see :func:`sweep_group`)
@@ -56,24 +70,33 @@ class WandbLogger(Logger):
     tags
         Labels for filtering runs.
     mode
-        ``online`` (streams to the server), ``offline`` (writes the run under ``dir`` for
-        ``wandb sync``) or ``disabled`` (nothing, no wandb import).
+        ``online`` (streams to the server; offline instead if it cannot reach it),
+        ``offline`` (writes the run under ``dir`` for ``wandb sync``) or ``disabled``
+        (nothing, no wandb import); ``None``: ``WANDB_MODE``, else W&B's settings, else
+        ``online``.
     dir
         Folder that receives W&B's ``wandb/`` folder; ``None``: the run's output directory.
     """
 
     def __init__(
         self,
-        project: str = "cl_bayes",
+        project: str | None = None,
         entity: str | None = None,
         group: str | None = None,
         tags: Sequence[str] = (),
-        mode: str = "online",
+        mode: str | None = None,
         dir: str | None = None,
     ):
-        if mode not in MODES:
+        if mode is not None and mode not in MODES:
             raise ConfigError(f"logger.mode must be one of {', '.join(MODES)}, got {mode!r}.")
-        if not project or not isinstance(project, str):
+        environment_mode = os.environ.get("WANDB_MODE")
+        # wandb reads WANDB_MODE even when given a mode, and rejects a bad one with a traceback.
+        if mode != "disabled" and environment_mode not in (None, *WANDB_MODES):
+            raise ConfigError(
+                f"WANDB_MODE must be one of {', '.join(WANDB_MODES)}, got {environment_mode!r}:"
+                f" correct it or unset it."
+            )
+        if project is not None and (not project or not isinstance(project, str)):
             raise ConfigError(f"logger.project must name a W&B project, got {project!r}.")
         if isinstance(tags, str) or any(not isinstance(tag, str) or not tag for tag in tags):
             raise ConfigError(
@@ -91,33 +114,39 @@ class WandbLogger(Logger):
         return self._run is not None
 
     def start(self, record: dict[str, Any], output_dir: Path) -> None:
-        """Open the W&B run ``record["run_id"]`` (resumed if it exists) and log the config."""
-        if self.mode == "disabled":
+        """Open the W&B run ``record["run_id"]`` (resumed if it exists) and log the config.
+
+        If an online start cannot reach W&B, the run starts offline instead (one warning).
+        """
+        if self._requested_mode() == "disabled":
             return
+        directory = self.dir if self.dir is not None else output_dir
+        online_error = None
         with self._guard("starting the W&B run"):
+            self._epochs_per_task = record["config"]["train"]["epochs"]
+            try:
+                self._open(record, directory, self.mode)
+            except Exception as error:
+                if self._requested_mode() == "offline" or not cannot_reach_wandb(error):
+                    raise
+                online_error = error
+        if online_error is None:
+            return
+        online_failed = f"the online start failed ({describe(online_error)})"
+        with self._guard(f"{online_failed}, and starting offline"):
             import wandb
 
-            self._epochs_per_task = record["config"]["train"]["epochs"]
-
-            directory = self.dir if self.dir is not None else output_dir
-            directory.mkdir(parents=True, exist_ok=True)
-            self._run = wandb.init(
-                project=self.project,
-                entity=self.entity,
-                group=self.group or sweep_group(),
-                tags=self.tags,
-                mode=self.mode,
-                dir=str(directory),
-                id=record["run_id"],
-                name=record["run_id"],
-                job_type=record["method"],
-                config=record["config"],
-                # Several runs in one process (a Hydra multirun) each get their own W&B run.
-                reinit="create_new",
-                resume="allow",
+            # The failed start may leave the run's id taken in wandb's service process, so
+            # that the offline start fails with "run ID ... is in use" (wandb/wandb#9865):
+            # stop the service; the next start runs a fresh one. This would also end another
+            # W&B run open in this process; cl_bayes opens one at a time.
+            wandb.teardown()
+            self._open(record, directory, "offline")
+            folder = shlex.quote(str(Path(self._run.dir).parent))
+            log.warning(
+                f"W&B could not start online ({describe(online_error)}). Logging continues "
+                f"offline in {folder}; upload it later with: wandb sync {folder}"
             )
-            self._run.define_metric("train/*", step_metric="epoch")
-            self._run.define_metric("eval/*", step_metric="task")
 
     def log_epoch(self, task_id: int, epoch: int, metrics: Mapping[str, float]) -> None:
         """Log ``train/<name>`` for each of ``metrics`` at the run-wide epoch.
@@ -162,6 +191,37 @@ class WandbLogger(Logger):
                 run.finish(exit_code=0 if record["status"] == "completed" else 1)
 
     # -- helpers ---------------------------------------------------------------------------
+    def _requested_mode(self) -> str | None:
+        """``logger.mode``, else ``WANDB_MODE``; ``None``: W&B's settings files decide.
+
+        wandb's aliases ``dryrun`` and ``run`` are read as ``offline`` and ``online``.
+        """
+        mode = self.mode or os.environ.get("WANDB_MODE")
+        return {"dryrun": "offline", "run": "online"}.get(mode, mode)
+
+    def _open(self, record: dict[str, Any], directory: Path, mode: str | None) -> None:
+        """Start the wandb run of ``record`` in ``mode``, writing to ``directory``."""
+        import wandb
+
+        directory.mkdir(parents=True, exist_ok=True)
+        self._run = wandb.init(
+            project=self.project or os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT,
+            entity=self.entity,
+            group=self.group or sweep_group(),
+            tags=self.tags,
+            mode=mode,
+            dir=str(directory),
+            id=record["run_id"],
+            name=record["run_id"],
+            job_type=record["method"],
+            config=record["config"],
+            # Several runs in one process (a Hydra multirun) each get their own W&B run.
+            reinit="create_new",
+            resume="allow",
+        )
+        self._run.define_metric("train/*", step_metric="epoch")
+        self._run.define_metric("eval/*", step_metric="task")
+
     def _log_results(self, record: dict[str, Any]) -> None:
         import wandb
 
@@ -199,13 +259,31 @@ class WandbLogger(Logger):
         except Exception as error:
             log.warning(
                 f"W&B logging is off for the rest of this run: {action} failed "
-                f"({type(error).__name__}: {error}). The run goes on; its record is written "
-                f"as usual."
+                f"({describe(error)}). The run goes on; its record is written as usual."
             )
             run, self._run = self._run, None
             if run is not None:  # release what the broken run holds; it is marked failed
                 with contextlib.suppress(Exception):
                     run.finish(exit_code=1)
+
+
+def cannot_reach_wandb(error: Exception) -> bool:
+    """Whether ``wandb.init`` failed for want of credentials or of an answer from the server.
+
+    wandb raises ``UsageError`` when no API key is configured and it cannot prompt for one,
+    ``CommError`` (``AuthenticationError`` among them) when the server refuses the key, cannot
+    be reached or does not answer within ``init_timeout``; offline needs neither key nor
+    server. A ``UsageError`` of another cause is rare with the arguments this logger passes;
+    offline keeps the data then too, and if the offline start fails as well, logging is off.
+    """
+    from wandb.errors import CommError, UsageError
+
+    return isinstance(error, (CommError, UsageError, ConnectionError, TimeoutError))
+
+
+def describe(error: Exception) -> str:
+    """``<type>: <message>``, for warnings."""
+    return f"{type(error).__name__}: {error}"
 
 
 def sweep_group() -> str | None:

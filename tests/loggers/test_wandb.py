@@ -10,6 +10,8 @@ import base64
 import hashlib
 import json
 import logging
+import os
+import socket
 import struct
 import time
 import zlib
@@ -22,6 +24,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict
+from wandb.errors import UsageError
 from wandb.proto import wandb_internal_pb2
 
 import cl_bayes.run
@@ -136,8 +139,8 @@ def wandb_env(tmp_path_factory):
     """Keep wandb quiet, offline and inside this module's temporary folders."""
     home = tmp_path_factory.mktemp("wandb_home")
     with pytest.MonkeyPatch.context() as env:
-        for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DIR", "WANDB_RUN_ID", "WANDB_RESUME"):
-            env.delenv(name, raising=False)
+        for name in [name for name in os.environ if name.startswith("WANDB_")]:
+            env.delenv(name)
         env.setenv("WANDB_SILENT", "true")
         env.setenv("WANDB_DISABLE_GIT", "true")
         env.setenv("WANDB_DISABLE_CODE", "true")
@@ -145,6 +148,7 @@ def wandb_env(tmp_path_factory):
         env.setenv("WANDB__DISABLE_STATS", "true")
         for name in ("DATA", "CACHE", "CONFIG", "ARTIFACT"):
             env.setenv(f"WANDB_{name}_DIR", str(home / name.lower()))
+        wandb.teardown()  # wandb reads its environment when it first sets up: from here on
         yield home
         wandb.teardown()  # stop the wandb service this module started
 
@@ -296,6 +300,194 @@ def test_two_runs_in_one_process_stay_two_runs(offline):
     assert [len(f.rows("eval/average_accuracy")) for f in (first, second)] == [3, 2]
 
 
+# -- where the run goes: WANDB_* variables, explicit settings, the offline fallback ------------
+@pytest.fixture
+def wandb_environ(monkeypatch):
+    """``wandb_environ(NAME=value, ...)``: set ``WANDB_*`` variables as if before the run.
+
+    wandb reads its environment once per process, when it sets up (a later change only gets a
+    printed warning), so this stops wandb to make the next start read them; and again after
+    the test, so that later tests see the module's environment.
+    """
+
+    def set_environ(**variables: str) -> None:
+        for name, value in variables.items():
+            monkeypatch.setenv(name, value)
+        wandb.teardown()
+
+    yield set_environ
+    wandb.teardown()
+
+
+@pytest.fixture
+def init_modes(monkeypatch) -> list:
+    """The ``mode`` that each call of ``wandb.init`` was given, in order (the calls go on)."""
+    modes, real_init = [], wandb.init
+
+    def init(*args, **kwargs):
+        modes.append(kwargs.get("mode"))
+        return real_init(*args, **kwargs)
+
+    monkeypatch.setattr(wandb, "init", init)
+    return modes
+
+
+@pytest.fixture
+def unreachable_server():
+    """The URL of a local port that refuses connections: a W&B server that cannot be reached."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # bound but not listening
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+TWO_TASKS = ["method=finetune", "task.n_tasks=2", "train.epochs=2"]
+
+
+def _run_completely_logged(record, run_dir: Path) -> RunFile:
+    """The offline run of ``record``, checked to hold every epoch, task and the summary."""
+    logged = RunFile(run_dir)
+    assert record["status"] == "completed" and logged.run.run_id == record["run_id"]
+    assert [row["epoch"] for row in logged.rows("train/loss")] == [0, 1, 2, 3]
+    assert [row["task"] for row in logged.rows("eval/average_accuracy")] == [0, 1]
+    assert logged.summary["acc"] == record["summary"]["acc"]
+    assert [e.exit_code for e in logged.exits] == [0]
+    return logged
+
+
+def test_wandb_mode_offline_in_the_environment_writes_an_offline_run(
+    wandb_environ, init_modes, tiny_cfg, tmp_path, cached_data, caplog
+):
+    wandb_environ(WANDB_MODE="offline")
+    cfg = tiny_cfg("logger=wandb", *TWO_TASKS)
+    assert cfg.logger.mode is None
+    record = run(cfg, tmp_path / "run")
+
+    assert init_modes == [None]  # WANDB_MODE decided, not the config
+    logged = _run_completely_logged(record, tmp_path / "run")
+    assert logged.folder.name.startswith("offline-run-")
+    assert logged.run.project == "cl_bayes"  # no WANDB_PROJECT: cl_bayes, not "uncategorized"
+    assert not list((tmp_path / "run" / "wandb").glob("run-*"))  # nothing tried online
+    assert not _warnings(caplog)
+
+
+def test_wandb_mode_disabled_in_the_environment_leaves_wandb_alone(
+    wandb_environ, init_modes, tiny_cfg, tmp_path, cached_data, caplog
+):
+    wandb_environ(WANDB_MODE="disabled")
+    record = run(tiny_cfg("logger=wandb", *TWO_TASKS), tmp_path / "run")
+    assert record["status"] == "completed" and not _warnings(caplog)
+    assert init_modes == [] and not (tmp_path / "run" / "wandb").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "project", "entity"),
+    [([], "from_env", "team_env"), (["logger.project=mine", "logger.entity=me"], "mine", "me")],
+)
+def test_wandb_project_and_entity_decide_unless_the_config_sets_them(
+    overrides, project, entity, wandb_environ, tiny_cfg, tmp_path, cached_data
+):
+    wandb_environ(WANDB_MODE="offline", WANDB_PROJECT="from_env", WANDB_ENTITY="team_env")
+    record = run(tiny_cfg("logger=wandb", *TWO_TASKS, *overrides), tmp_path / "run")
+    logged = _run_completely_logged(record, tmp_path / "run")
+    assert (logged.run.project, logged.run.entity) == (project, entity)
+
+
+@pytest.mark.parametrize(
+    ("environment", "mode"), [("disabled", "offline"), ("offline", "disabled")]
+)
+def test_an_explicit_logger_mode_wins_over_wandb_mode(
+    environment, mode, wandb_environ, init_modes, tiny_cfg, tmp_path, cached_data, caplog
+):
+    wandb_environ(WANDB_MODE=environment)
+    record = run(tiny_cfg("logger=wandb", f"logger.mode={mode}", *TWO_TASKS), tmp_path / "run")
+    assert record["status"] == "completed" and not _warnings(caplog)
+    if mode == "offline":
+        assert init_modes == ["offline"]
+        _run_completely_logged(record, tmp_path / "run")
+    else:
+        assert init_modes == [] and not (tmp_path / "run" / "wandb").exists()
+
+
+@pytest.mark.parametrize("cause", ["no API key", "no network"])
+def test_an_online_start_that_cannot_reach_wandb_goes_on_offline(
+    cause,
+    wandb_environ,
+    init_modes,
+    unreachable_server,
+    tiny_cfg,
+    tmp_path,
+    cached_data,
+    caplog,
+):
+    # Real failures of wandb, quick and local: no key at all; or a key and a server that
+    # refuses the connection (the case that needs wandb's service restarted before going
+    # offline). WANDB_SILENT keeps wandb from prompting for a key.
+    (tmp_path / "netrc").touch()
+    environ = {"WANDB_BASE_URL": unreachable_server, "NETRC": str(tmp_path / "netrc")}
+    if cause == "no network":
+        environ.update(WANDB_API_KEY="0" * 40, WANDB_INIT_TIMEOUT="2")
+    wandb_environ(**environ)
+    record = run(tiny_cfg("logger=wandb", *TWO_TASKS), tmp_path / "run")
+
+    assert init_modes == [None, "offline"]
+    logged = _run_completely_logged(record, tmp_path / "run")  # nothing was lost
+    assert logged.folder.name.startswith("offline-run-")
+    # wandb also logs its failed init to its debug log, through the "wandb" logger.
+    (warning,) = [r for r in _warnings(caplog) if r.name != "wandb"]
+    message = warning.getMessage()
+    error = "UsageError: No API key configured" if cause == "no API key" else "CommError: "
+    assert f"W&B could not start online ({error}" in message
+    assert f"Logging continues offline in {logged.folder};" in message
+    assert message.endswith(f"upload it later with: wandb sync {logged.folder}")
+
+
+@pytest.mark.parametrize(
+    ("environment", "errors", "calls", "reason"),
+    [
+        # Not about reaching W&B: no offline start.
+        ({}, [ValueError("bad value")], [None], "starting the W&B run failed (ValueError"),
+        # Asked for offline: nothing to fall back to.
+        ({"WANDB_MODE": "offline"}, [UsageError("no key")], [None], "run failed (UsageError"),
+        # The offline start fails too: both errors in one warning.
+        (
+            {},
+            [UsageError("no key"), RuntimeError("disk full")],
+            [None, "offline"],
+            "the online start failed (UsageError: no key), and starting offline failed "
+            "(RuntimeError: disk full)",
+        ),
+    ],
+)
+def test_other_start_failures_turn_logging_off_with_one_warning(
+    environment,
+    errors,
+    calls,
+    reason,
+    wandb_environ,
+    tiny_cfg,
+    tmp_path,
+    cached_data,
+    monkeypatch,
+    caplog,
+):
+    wandb_environ(**environment)
+    modes = []
+
+    def failing_init(*args, **kwargs):
+        modes.append(kwargs.get("mode"))
+        raise errors[len(modes) - 1]
+
+    monkeypatch.setattr(wandb, "init", failing_init)
+    record = run(tiny_cfg("logger=wandb", *TWO_TASKS), tmp_path / "run")
+
+    assert record["status"] == "completed" and record["tasks_completed"] == 2
+    assert modes == calls
+    (warning,) = _warnings(caplog)
+    assert "W&B logging is off for the rest of this run" in warning.getMessage()
+    assert reason in warning.getMessage()
+    assert not (tmp_path / "run" / "wandb").exists()  # no wandb.init got as far
+
+
 # -- off, broken, grouped ----------------------------------------------------------------------
 def _warnings(caplog) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.levelno >= logging.WARNING]
@@ -425,19 +617,32 @@ def test_a_multirun_groups_its_jobs_by_the_sweep_directory():
         HydraConfig.instance().cfg = None
 
 
-def test_bad_settings_are_one_clear_error():
+def test_bad_settings_are_one_clear_error(monkeypatch):
     with pytest.raises(ConfigError, match=r"logger\.mode must be one of online, offline, disabled"):
         WandbLogger(mode="offlne")
     with pytest.raises(ConfigError, match=r"logger\.tags must be a list"):
         WandbLogger(tags="vcl")
+    with pytest.raises(ConfigError, match=r"logger\.project must name a W&B project"):
+        WandbLogger(project="")
+    for alias in ("dryrun", "run", "shared"):  # what wandb itself accepts
+        monkeypatch.setenv("WANDB_MODE", alias)
+        assert WandbLogger().mode is None
+    monkeypatch.setenv("WANDB_MODE", "offlne")
+    # wandb would reject it at the start, even with logger.mode given, in a pydantic traceback.
+    for mode in (None, "offline"):
+        with pytest.raises(ConfigError, match=r"WANDB_MODE must be one of online, .*'offlne'"):
+            WandbLogger(mode=mode)
+    assert WandbLogger(mode="disabled").mode == "disabled"  # wandb is not started then
 
 
 def test_the_configs_mirror_the_constructor(compose_cfg):
     cfg = compose_cfg("logger=wandb")
     assert cfg.logger._target_ == "cl_bayes.loggers.wandb.WandbLogger"
     assert set(cfg.logger) - {"_target_"} == {"project", "entity", "group", "tags", "mode", "dir"}
+    # Unset by default: W&B's settings and WANDB_* variables decide (see the tests above).
+    assert (cfg.logger.project, cfg.logger.entity, cfg.logger.mode) == (None, None, None)
     logger = instantiate(cfg.logger)
-    assert (logger.project, logger.mode, logger.dir) == ("cl_bayes", "online", None)
+    assert (logger.project, logger.entity, logger.mode, logger.dir) == (None, None, None, None)
     assert logger.tags == []
     assert not logger.active  # nothing is opened before the run starts
     default = instantiate(compose_cfg().logger)
