@@ -68,4 +68,4 @@ class CoresetOnly(VCL):
 
     def after_task(self, model: nn.Module, task_id: int, data: LabelledData) -> None:
         """Train the predicting copies on the coresets; the prior stays ``N(0, prior_var)``."""
-        self._predictors = self._tune_on_coresets(model, task_id)
+        self._use_predictors(self._tune_on_coresets(model, task_id))

@@ -100,6 +100,9 @@ class VCL(Method):
         self._train_sets: Sequence[LabelledData] = ()
         self._n_train = 1
         self._predictors: dict[int, nn.Module] = {}
+        # Coreset-tuned copies restored from a checkpoint, built on first use (a copy of the
+        # model with these parameters and buffers).
+        self._predictor_states: dict[int, dict[str, Tensor]] = {}
 
     # -- the method interface -------------------------------------------------------------
     def training_data(self, task_id: int, seen: Sequence[LabelledData]) -> LabelledData:
@@ -145,7 +148,7 @@ class VCL(Method):
         """Posterior becomes prior; with coresets, fine-tune the copies that predict."""
         for layer in model.layers(self.seen_heads):
             layer.posterior_to_prior()
-        self._predictors = self._tune_on_coresets(model, task_id) if self.coreset_index else {}
+        self._use_predictors(self._tune_on_coresets(model, task_id) if self.coreset_index else {})
 
     @torch.no_grad()
     def predict(self, model: nn.Module, data: LabelledData) -> Tensor:
@@ -155,7 +158,7 @@ class VCL(Method):
         log is taken: ``log (1/S) sum_s softmax(f(x; w_s))``.
         """
         if isinstance(data.head, int):
-            model = self._predictors.get(data.head, model)
+            model = self._predictor(model, data.head)
         probabilities = torch.zeros(len(data), data.n_outputs, device=data.y.device)
         for samples in _chunks(self.predict_samples, 10):
             scores = model(data.x, data.head, samples)[..., : data.n_outputs]
@@ -163,13 +166,28 @@ class VCL(Method):
         return (probabilities / self.predict_samples).log()
 
     def state_dict(self) -> dict[str, Any]:
-        """Coreset indices and the heads trained so far (the priors live in the model)."""
-        return {"coreset_index": dict(self.coreset_index), "seen_heads": list(self.seen_heads)}
+        """Coreset indices, the heads trained so far and the coreset-tuned copies that predict.
+
+        The priors live in the model. The copies are kept as their ``state_dict`` (``head ->
+        parameters and buffers``), so predictions after loading are those before saving.
+        """
+        predictors = {head: tuned.state_dict() for head, tuned in self._predictors.items()}
+        return {
+            "coreset_index": dict(self.coreset_index),
+            "seen_heads": list(self.seen_heads),
+            "predictors": {**self._predictor_states, **predictors},
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
+        """Restore what :meth:`state_dict` returned.
+
+        A checkpoint written without the tuned copies predicts with the posterior until the
+        next task's coresets are tuned.
+        """
         self.coreset_index = dict(state["coreset_index"])
         self.seen_heads = list(state["seen_heads"])
+        self._predictors = {}
+        self._predictor_states = dict(state.get("predictors", {}))
 
     @torch.no_grad()
     def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
@@ -192,6 +210,18 @@ class VCL(Method):
     def coreset(self, task_id: int) -> LabelledData:
         """Task ``task_id``'s coreset examples."""
         return self._train_sets[task_id].subset(self.coreset_index[task_id])
+
+    def _use_predictors(self, predictors: dict[int, nn.Module]) -> None:
+        """Predict with ``predictors`` (``head -> network``) from now on, not with older ones."""
+        self._predictors, self._predictor_states = predictors, {}
+
+    def _predictor(self, model: nn.Module, head: int) -> nn.Module:
+        """The network that predicts for ``head``: its coreset-tuned copy, else ``model``."""
+        if head in self._predictor_states:
+            restored = copy.deepcopy(model)
+            restored.load_state_dict(self._predictor_states.pop(head))
+            self._predictors[head] = restored.eval()
+        return self._predictors.get(head, model)
 
     def _tune_on_coresets(self, model: nn.Module, task_id: int) -> dict[int, nn.Module]:
         """One fine-tuned copy per head, trained on the coresets of that head's tasks.
