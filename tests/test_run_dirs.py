@@ -7,10 +7,10 @@ import os
 import subprocess
 import sys
 
-from tests.conftest import TINY
+SMALL = ["task=synthetic", "task.n_tasks=2", "train.epochs=1", "progress=false", "device=cpu"]
 
 
-def test_two_runs_started_at_once_get_two_intact_run_directories(tmp_path, data_root):
+def test_two_runs_started_at_once_get_two_intact_run_directories(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
     procs = [
         subprocess.Popen(
@@ -18,9 +18,8 @@ def test_two_runs_started_at_once_get_two_intact_run_directories(tmp_path, data_
                 sys.executable,
                 "-m",
                 "cl_bayes",
-                *TINY,
+                *SMALL,
                 "method=finetune",
-                "task.n_tasks=2",
                 f"seed={seed}",
                 f"results_dir={tmp_path / 'results'}",
             ],
