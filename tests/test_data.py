@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import builtins
+import os
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 import torchvision
 
 from cl_bayes import data
-from cl_bayes.errors import ConfigError, DataNotFoundError
+from cl_bayes.errors import ConfigError, DataNotFoundError, UserError
+from tests.conftest import _write_tiny_cifar10, run_cli
 
 CPU = torch.device("cpu")
 
@@ -249,3 +255,183 @@ def test_missing_cifar_files_are_named(tmp_path):
 def test_unknown_dataset_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="Unknown dataset 'SVHN'.*MNIST, FashionMNIST"):
         data.load_torchvision("SVHN", tmp_path, download=False, device=CPU)
+
+
+# Damaged files: one line naming the file, what is wrong with it and how to fix it.
+
+MNIST_FILES = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+]
+
+
+@pytest.fixture
+def mnist_copy(tmp_path, data_root):
+    """``(root, raw)``: MNIST in torchvision's layout under ``tmp_path``, each file a link to
+    the real one; a test replaces the file it damages with a real file."""
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in MNIST_FILES:
+        (raw / name).symlink_to(data_root / "MNIST" / "raw" / name)
+    return tmp_path, raw
+
+
+def _replace(path: Path, content: bytes) -> None:
+    path.unlink()
+    path.write_bytes(content)
+
+
+def _error(root) -> str:
+    """The message ``load_torchvision`` refuses MNIST under ``root`` with: one line."""
+    with pytest.raises(DataNotFoundError) as info:
+        data.load_torchvision("MNIST", root, download=False, device=CPU)
+    assert isinstance(info.value, UserError)  # reported without a traceback
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def _idx(magic: int, dims: list[int], body: bytes) -> bytes:
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims)
+    return header + body
+
+
+def test_a_truncated_idx_file_is_named_with_its_expected_size(mnist_copy, data_root):
+    root, raw = mnist_copy
+    real = (data_root / "MNIST" / "raw" / "t10k-images-idx3-ubyte").read_bytes()
+    _replace(raw / "t10k-images-idx3-ubyte", real[:100_016])
+    message = _error(root)
+    assert str(raw.resolve() / "t10k-images-idx3-ubyte") in message
+    assert "100,016 bytes long" in message and "10000 x 28 x 28 images" in message
+    assert "needs 7,840,016 (truncated)" in message
+    assert "not found" not in message and "Delete it so that it is downloaded again" in message
+
+
+def test_garbage_bytes_are_not_an_idx_file(mnist_copy):
+    root, raw = mnist_copy
+    _replace(raw / "train-labels-idx1-ubyte", bytes(range(256)) * 40)
+    message = _error(root)
+    assert str(raw.resolve() / "train-labels-idx1-ubyte") in message
+    assert "is not an idx file of labels: its magic number is 0x00010203" in message
+    assert "0x00000801 is expected" in message and "Delete it" in message
+
+
+def test_a_consistent_but_cut_down_idx_file_is_named(mnist_copy):
+    root, raw = mnist_copy
+    _replace(raw / "train-labels-idx1-ubyte", _idx(0x801, [100], bytes(100)))
+    message = _error(root)
+    assert str(raw.resolve() / "train-labels-idx1-ubyte") in message
+    assert "holds 100 labels where the training set of MNIST has 60000" in message
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (b"", "is 0 bytes long"),
+        (b"\x1f\x8b\x08\x08" + bytes(100), "is gzip-compressed"),
+        (_idx(0x801, [10000], bytes(10000)), "is an idx file of labels, not of images"),
+        (_idx(0x803, [10000, 28, 28], bytes(10000 * 784 + 5)), "(extra bytes at the end)"),
+        (_idx(0x803, [10000, 32, 32], bytes(10000 * 1024)), "holds 32 x 32 images"),
+    ],
+)
+def test_other_damaged_idx_files(content, problem, tmp_path):
+    # Only the damaged file is there: the others are simply missing, and not reported first.
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "t10k-images-idx3-ubyte").write_bytes(content)
+    message = _error(tmp_path)
+    assert str(raw.resolve() / "t10k-images-idx3-ubyte") in message and problem in message
+
+
+def _make_unreadable(path: Path, monkeypatch) -> None:
+    """Take read permission away from ``path``; where the tests run as root, which reads any
+    file whatever its mode, ``open`` in ``cl_bayes.data`` fails as it would for a user."""
+    path.chmod(0)
+    if os.access(path, os.R_OK):
+        real_open = builtins.open
+
+        def denied(file, *args, **kwargs):
+            if Path(file).resolve() == path.resolve():
+                raise PermissionError(13, "Permission denied", str(file))
+            return real_open(file, *args, **kwargs)
+
+        monkeypatch.setattr(data, "open", denied, raising=False)
+
+
+def test_an_unreadable_file_is_named(mnist_copy, data_root, monkeypatch):
+    root, raw = mnist_copy
+    path = raw / "t10k-labels-idx1-ubyte"
+    path.unlink()
+    shutil.copyfile(data_root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte", path)
+    _make_unreadable(path, monkeypatch)
+    try:
+        message = _error(root)
+    finally:
+        path.chmod(0o644)
+    assert str(raw.resolve() / "t10k-labels-idx1-ubyte") in message
+    assert "cannot be read: permission denied" in message and "chmod a+r" in message
+
+
+def test_a_damaged_file_fails_the_cli_in_one_line(mnist_copy, data_root, tmp_path):
+    root, raw = mnist_copy
+    real = (data_root / "MNIST" / "raw" / "train-labels-idx1-ubyte").read_bytes()
+    _replace(raw / "train-labels-idx1-ubyte", real[:1000])
+    proc = run_cli(
+        "method=finetune",
+        f"data.root={root}",
+        "data.download=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        f"results_dir={tmp_path / 'results'}",
+        cwd=tmp_path,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in out
+    assert str(raw.resolve() / "train-labels-idx1-ubyte") in out and "(truncated)" in out
+
+
+def test_missing_files_are_marked_among_the_expected_ones(mnist_copy):
+    root, raw = mnist_copy
+    (raw / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(DataNotFoundError) as info:
+        data.load_torchvision("MNIST", root, download=False, device=CPU)
+    message = str(info.value)
+    assert f"{raw.resolve() / 't10k-labels-idx1-ubyte'} (missing)" in message
+    assert f"{raw.resolve() / 'train-images-idx3-ubyte'}\n" in message  # there, not missing
+
+
+def _cifar_error(root) -> str:
+    with pytest.raises(DataNotFoundError) as info:
+        data.load_torchvision("CIFAR10", root, download=False, device=CPU)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_a_cifar_file_with_the_wrong_checksum_is_named(tmp_path):
+    # Files in the right layout that are not the real release: torchvision's md5 check fails.
+    _write_tiny_cifar10(tmp_path, np.random.default_rng(0))
+    message = _cifar_error(tmp_path)
+    path = tmp_path.resolve() / "cifar-10-batches-py" / "data_batch_1"
+    assert f"CIFAR10 file {path} does not match the md5 checksum" in message
+    assert "Delete it so that it is downloaded again" in message
+
+
+def test_a_cifar_file_of_garbage_is_named(tiny_cifar10):
+    root, _ = tiny_cifar10  # the md5 check is off: the garbage reaches the unpickler
+    path = root / "cifar-10-batches-py" / "data_batch_3"
+    path.write_bytes(bytes(range(256)) * 4)
+    message = _cifar_error(root)
+    assert f"CIFAR10 file {path.resolve()} is not a pickled CIFAR10 file" in message
+
+
+def test_an_unreadable_cifar_file_is_named(tiny_cifar10, monkeypatch):
+    root, _ = tiny_cifar10
+    path = root / "cifar-10-batches-py" / "data_batch_2"
+    _make_unreadable(path, monkeypatch)
+    try:
+        message = _cifar_error(root)
+    finally:
+        path.chmod(0o644)
+    assert f"CIFAR10 file {path.resolve()} cannot be read: permission denied" in message
