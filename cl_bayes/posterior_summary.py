@@ -96,13 +96,8 @@ def summarise_checkpoint(path: Path) -> tuple[str, list[dict[str, Any]]]:
             f"no checkpoint at {file}: pass a run's output directory (it holds "
             f"{checkpoint.CHECKPOINT_NAME}) or the checkpoint file itself."
         )
-    try:
-        state = checkpoint.load(file)
-    except Exception as error:  # not a file torch.save wrote: pickle, zip or format errors
-        raise UserError(
-            f"{file} is not a checkpoint that python -m cl_bayes wrote ({type(error).__name__}): "
-            f"pass a run's output directory or its {checkpoint.CHECKPOINT_NAME}."
-        ) from None
+    # Runs no code from the file: one UserError for a file it cannot or will not read.
+    state = checkpoint.load(file)
     model_state = state.get("model", {}) if isinstance(state, dict) else {}
     if not any(key.endswith(SUFFIX) for key in model_state):
         raise UserError(
