@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
@@ -107,14 +108,68 @@ def versions() -> dict[str, str | None]:
     }
 
 
-def peak_memory_mb(device: torch.device) -> dict[str, float]:
-    """Peak resident memory of this process and, on CUDA, peak allocated GPU memory."""
+# Linux: writing "5" to CLEAR_REFS resets the process's peak resident memory (VmHWM in STATUS).
+CLEAR_REFS = Path("/proc/self/clear_refs")
+STATUS = Path("/proc/self/status")
+
+
+def start_peak_memory(device: torch.device) -> str:
+    """Start measuring a run's own peak memory; returns the scope :func:`peak_memory_mb` reads.
+
+    Under the basic or joblib launcher one process runs job after job, and its lifetime peak
+    would carry earlier jobs' peaks into later records. Call this at the start of a run and
+    pass what it returns to :func:`peak_memory_mb`.
+
+    Returns
+    -------
+    str
+        ``"run"``: the peak resident memory was reset, and is read since this call (Linux);
+        ``"process"``: it could not be (another system, ``/proc`` not writable), so the
+        process's lifetime peak is read instead. The peak allocated CUDA memory on ``device``
+        is always reset.
+    """
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        CLEAR_REFS.write_text("5")
+    except OSError:
+        return "process"
+    return "run" if _peak_rss_since_reset_kb() is not None else "process"
+
+
+def peak_memory_mb(device: torch.device, scope: str = "process") -> dict[str, float | str]:
+    """Peak resident memory (``cpu_rss``) and, on CUDA, peak allocated GPU memory, in MB.
+
+    ``scope`` is what :func:`start_peak_memory` returned: ``"run"`` reads the peak since that
+    call, ``"process"`` the process's lifetime peak (``ru_maxrss``). The result says which, as
+    ``cpu_rss_scope``. The CUDA peak is the one since :func:`start_peak_memory` (or since the
+    process started).
+    """
     import resource
 
-    peak = {"cpu_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    since_reset = _peak_rss_since_reset_kb() if scope == "run" else None
+    if since_reset is None:
+        scope = "process"
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        if sys.platform == "darwin":  # bytes there, kB on Linux
+            kb /= 1024
+    else:
+        kb = since_reset
+    peak: dict[str, float | str] = {"cpu_rss": kb / 1024, "cpu_rss_scope": scope}
     if device.type == "cuda":
         peak["cuda_allocated"] = torch.cuda.max_memory_allocated(device) / 2**20
     return peak
+
+
+def _peak_rss_since_reset_kb() -> int | None:
+    """``VmHWM`` of ``/proc/self/status`` in kB, or ``None`` where there is no such file."""
+    try:
+        for line in STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def config_section(config: dict[str, Any], path: Sequence[str]) -> dict[str, Any] | None:

@@ -1,0 +1,70 @@
+"""The run record's measurements: each run's own peak memory."""
+
+from __future__ import annotations
+
+import mmap
+import resource
+import sys
+
+import pytest
+import torch
+
+from cl_bayes import record
+from cl_bayes.record import peak_memory_mb, start_peak_memory
+
+CPU = torch.device("cpu")
+MB = 2**20
+
+
+def _touch_and_free(size: int) -> None:
+    """Map ``size`` bytes, write every page, unmap them: the resident peak rises by ``size``.
+
+    Mapped directly rather than through malloc, which may keep freed memory in the heap
+    (cl_bayes.allocator) and so keep it resident.
+    """
+    block = mmap.mmap(-1, size)
+    for offset in range(0, size, mmap.PAGESIZE):
+        block[offset] = 1
+    block.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
+def test_the_peak_is_the_runs_own_not_the_processs():
+    scope = start_peak_memory(CPU)
+    assert scope == "run", "/proc/self/clear_refs is not writable here"
+    _touch_and_free(300 * MB)
+    earlier = peak_memory_mb(CPU, scope)
+    assert earlier["cpu_rss_scope"] == "run"
+    # A later job in the same process (the basic or joblib launcher) starts afresh.
+    scope = start_peak_memory(CPU)
+    later = peak_memory_mb(CPU, scope)
+    assert later["cpu_rss_scope"] == "run"
+    assert later["cpu_rss"] < earlier["cpu_rss"] - 200
+    assert later["cpu_rss"] > 0
+
+
+def test_where_the_peak_cannot_be_reset_the_record_says_it_is_the_processs(monkeypatch, tmp_path):
+    monkeypatch.setattr(record, "CLEAR_REFS", tmp_path / "no_such_dir" / "clear_refs")
+    scope = start_peak_memory(CPU)
+    assert scope == "process"
+    peak = peak_memory_mb(CPU, scope)
+    lifetime = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert peak["cpu_rss_scope"] == "process"
+    assert peak["cpu_rss"] == pytest.approx(lifetime / (1024 if sys.platform != "darwin" else MB))
+    assert "cuda_allocated" not in peak
+    # Without /proc/self/status either, "run" falls back to the lifetime peak and says so.
+    monkeypatch.setattr(record, "STATUS", tmp_path / "no_status")
+    assert peak_memory_mb(CPU, "run")["cpu_rss_scope"] == "process"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_cuda_peak_is_the_runs_own():
+    device = torch.device("cuda")
+    block = torch.ones(256 * MB // 4, device=device)  # 256 MB
+    del block
+    assert peak_memory_mb(device)["cuda_allocated"] >= 256
+    scope = start_peak_memory(device)
+    small = torch.ones(MB // 4, device=device)  # 1 MB
+    peak = peak_memory_mb(device, scope)
+    assert 1 <= peak["cuda_allocated"] < 256
+    del small
