@@ -39,6 +39,7 @@ from cl_bayes.record import (
     LOCAL_KEYS,
     RECORD_NAME,
     peak_memory_mb,
+    start_peak_memory,
     utc_now,
     versions,
     write_json_atomic,
@@ -73,6 +74,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     _check_writable(Path(cfg.results_dir) / "runs", "results_dir")
     joint_R = _joint_reference(cfg)
     device = resolve_device(cfg.device)
+    memory_scope = start_peak_memory(device)  # this run's own peak, not the process's
     seed_everything(cfg.seed)
 
     sequence: TaskSequence = instantiate(
@@ -125,7 +127,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
             summary=summarize(
                 R[:k], record["baseline_accuracy"], not scenario.has_untrained_heads, joint_R
             ),
-            peak_memory_mb=peak_memory_mb(device),
+            peak_memory_mb=peak_memory_mb(device, memory_scope),
             updated_at=utc_now(),
         )
         for path in record_paths:

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import platform
+import resource
 import signal
 import time
 
@@ -265,3 +266,25 @@ def test_device_choice():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_a_run_records_its_own_peak_memory_not_the_process_s(tmp_path, compose_cfg):
+    if not os.path.exists("/proc/self/clear_refs"):
+        pytest.skip("the peak resident memory can be reset on Linux only")
+    big = torch.ones(100 * 2**20)  # 400 MB, touched, then freed: the process's peak so far
+    process_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    del big
+    record = run(
+        compose_cfg(
+            "task=synthetic",
+            "task.n_tasks=2",
+            "method=finetune",
+            "progress=false",
+            "device=cpu",
+            f"results_dir={tmp_path / 'results'}",
+        ),
+        tmp_path / "run",
+    )
+    peak = record["peak_memory_mb"]
+    assert peak["cpu_rss_scope"] == "run"
+    assert peak["cpu_rss"] < process_peak_mb - 300
