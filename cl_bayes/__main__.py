@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from cl_bayes.allocator import keep_freed_memory
 from cl_bayes.checkpoint import CHECKPOINT_NAME
 from cl_bayes.config import CONF_DIR, register_task_sequences
-from cl_bayes.errors import UserError
+from cl_bayes.errors import FreshOutputDir, UserError, report
 from cl_bayes.run import run
 
 log = logging.getLogger("cl_bayes")
@@ -25,19 +25,28 @@ log = logging.getLogger("cl_bayes")
 def main(cfg: DictConfig) -> float | None:
     """Run the experiment ``cfg`` describes.
 
-    A user error is logged as one line (exit code 2); Ctrl-C or SIGTERM as one line saying how
-    to continue, or that no task completed (exit code 130). Once training has started the run
-    record says how the run ended (``failed`` or ``interrupted``, with the completed tasks);
-    an error found before (a bad setting, missing data) leaves no record. In a multirun sweep
-    a user error fails its own job only: Hydra runs the other jobs and reports the failure
-    at the end.
+    A user error is reported as one line on stderr (exit code 2); Ctrl-C or SIGTERM as one
+    line saying how to continue, or that no task completed (exit code 130). Once training has
+    started the run record says how the run ended (``failed`` or ``interrupted``, with the
+    completed tasks); an error found before (a bad setting, missing data) leaves no record,
+    and no output directory where Hydra's files were all it held. In a multirun sweep a user
+    error fails its own job only: Hydra runs the other jobs and reports the failure at the end.
     """
+    # In every job, whichever launcher runs it (a joblib or Ray worker never runs the
+    # command line's own code); setting it again is harmless.
+    keep_freed_memory()
     hydra_config = HydraConfig.get()
     output_dir = Path(hydra_config.runtime.output_dir)
+    fresh = FreshOutputDir.find(output_dir, hydra_config.output_subdir)
     try:
         record = run(cfg, output_dir)
     except UserError as error:
-        log.error(f"error: {error}")
+        if fresh is not None:
+            keep = [Path(hydra_config.runtime.cwd)]
+            if cfg.get("resume"):
+                keep.append(Path(str(cfg.resume)).expanduser())
+            fresh.remove(keep)
+        report(f"error: {error}")
         if hydra_config.mode == RunMode.MULTIRUN:
             # Re-raised without the frames below, so the sweep's final report stays short;
             # named by its overrides, as the sweep's progress lines name jobs.
@@ -50,7 +59,7 @@ def main(cfg: DictConfig) -> float | None:
             advice = f"the record keeps the completed tasks; continue with resume={run_dir}"
         else:
             advice = "no task completed; nothing to resume"
-        log.error(f"interrupted ({error or 'Ctrl-C'}): {advice}")
+        report(f"interrupted ({error or 'Ctrl-C'}): {advice}")
         sys.exit(130)
     return record["summary"].get("acc")
 

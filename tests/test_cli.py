@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -10,7 +11,11 @@ import subprocess
 import sys
 import time
 
-from cl_bayes.config import REPO_ROOT
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+
+import cl_bayes.__main__
+from cl_bayes.config import REPO_ROOT, register_task_sequences
 from tests.conftest import LONG_ENOUGH, TINY, run_cli
 
 
@@ -65,12 +70,65 @@ def test_non_positive_epochs_is_one_clear_line_and_nothing_trains(tmp_path):
         f"hydra.run.dir={run_dir}",
         cwd=tmp_path,
     )
-    out = _output(proc)
-    assert proc.returncode == 2, out
-    lines = [line for line in out.splitlines() if line.strip()]
-    assert lines == ["error: train.epochs must be a positive number, got 0."]
-    assert not (run_dir / "record.json").exists() and not (run_dir / "checkpoint.pt").exists()
+    assert proc.returncode == 2, _output(proc)
+    assert proc.stdout == ""
+    assert proc.stderr == "error: train.epochs must be a positive number, got 0.\n"
+    assert not run_dir.exists()  # it held nothing but Hydra's files for this start
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize(
+    "override, key, shown",
+    [
+        ("seed=1.5", "seed", "1.5"),
+        ("seed=abc", "seed", "'abc'"),
+        ("seed=-1", "seed", "-1"),
+        ("model.hidden_sizes=32", "model.hidden_sizes", "32"),
+        ("device=cuda:abc", "device", "'cuda:abc'"),
+        ("results_dir=null", "results_dir", "None"),
+        ("train.batch_size=0.5", "train.batch_size", "0.5"),
+        ("task.train_size=abc", "task.train_size", "'abc'"),
+        ("logger=wandb logger.mode=onlin", "logger.mode", "'onlin'"),
+    ],
+)
+def test_a_bad_value_is_one_line_on_stderr_and_leaves_nothing_behind(
+    tmp_path, override, key, shown
+):
+    cwd, results = tmp_path / "cwd", tmp_path / "results"
+    cwd.mkdir()
+    # Hydra's own output directory (outputs/<date>/<time> under the working directory), and
+    # no data: a value that reached the data loading would fail there instead.
+    proc = run_cli(
+        *TINY,
+        f"data.root={tmp_path / 'no_data'}",
+        "data.download=false",
+        f"results_dir={results}",
+        *override.split(),
+        cwd=cwd,
+    )
+    assert proc.returncode == 2, _output(proc)
+    assert proc.stdout == ""
+    (line,) = proc.stderr.splitlines()
+    assert line.startswith(f"error: {key} must ") and f"got {shown}" in line, line
+    assert list(cwd.iterdir()) == []  # no outputs/<date>/<time>, nor outputs/
+    assert not results.exists() and not (tmp_path / "no_data").exists()
+
+
+def test_a_failed_start_keeps_a_directory_that_holds_anything_else(tmp_path):
+    # A folder of the user's given as the run directory, and a resume directory that is
+    # also the run directory: neither is removed, and the log keeps the error.
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    proc = run_cli(*TINY, "seed=abc", f"hydra.run.dir={kept}", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: seed must "), _output(proc)
+    assert (kept / "notes.txt").read_text() == "mine" and (kept / ".hydra").is_dir()
+    assert proc.stderr in (kept / "__main__.log").read_text()
+
+    resume = tmp_path / "resume"
+    proc = run_cli(*TINY, f"resume={resume}", f"hydra.run.dir={resume}", cwd=tmp_path)
+    assert proc.returncode == 2 and "no checkpoint at" in proc.stderr, _output(proc)
+    assert (resume / ".hydra").is_dir()
 
 
 def test_missing_data_names_the_folder_without_a_traceback(tmp_path):
@@ -168,7 +226,39 @@ def test_a_bad_job_fails_alone_in_a_sweep(tmp_path):
     ), out
     assert "job 1/2 failed (" in out and "job 2/2 done (" in out
     assert "job 0" not in out
+    assert "error: train.epochs must be a positive number, got 0.\n" in proc.stderr
+    # The failed job's directory held nothing but Hydra's files: it is gone.
+    assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == ["1", "multirun.yaml"]
     # The good job still ran to the end and kept its record.
     (record_path,) = (tmp_path / "results" / "runs").iterdir()
     record = json.loads(record_path.read_text())
     assert record["status"] == "completed" and record["config"]["train"]["epochs"] == 1
+
+
+def test_every_job_keeps_freed_memory_whichever_launcher_runs_it(tmp_path, monkeypatch):
+    # main() is what a launcher's worker calls (never the command line's own code): it must
+    # ask for the allocator setting itself. Called here as a worker would, in this process.
+    calls = []
+    monkeypatch.setattr(cl_bayes.__main__, "keep_freed_memory", lambda: calls.append(1))
+    run_dir = tmp_path / "run"
+    argv = ["cl_bayes", *TINY, "seed=abc", f"hydra.run.dir={run_dir}"]
+    monkeypatch.setattr(sys, "argv", argv)
+    register_task_sequences()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        with pytest.raises(SystemExit) as info:
+            cl_bayes.__main__.main()
+    finally:  # Hydra configured logging for its job; give pytest its own back
+        for handler in root.handlers:
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        for handler in handlers:
+            if handler not in root.handlers:
+                root.addHandler(handler)
+        root.setLevel(level)
+        GlobalHydra.instance().clear()
+    assert info.value.code == 2
+    assert calls == [1]
+    assert not run_dir.exists()
