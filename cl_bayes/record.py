@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import torch
 
 RECORD_NAME = "record.json"
+PACKAGE_DIR = Path(__file__).resolve().parent
 # Keys that say where things are (or are logged) rather than what the experiment is:
 # a resumed run takes them from its own command line, everything else from the checkpoint,
 # and a configuration's fingerprint leaves them out at any depth.
@@ -74,12 +75,20 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def git_commit() -> str | None:
-    """Commit of the source tree the package runs from, when it is a git checkout."""
+def git_commit(package_dir: Path = PACKAGE_DIR) -> str | None:
+    """Commit of the source tree the package runs from, when it is a git checkout.
+
+    Only a checkout of this project counts (the folder above the package holds ``.git``): an
+    installed package inside some other repository, e.g. a virtualenv within a user's own
+    project, has no commit of its own and gets ``None``.
+    """
+    checkout = package_dir.parent
+    if not (checkout / ".git").exists():
+        return None
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
+            cwd=checkout,
             capture_output=True,
             text=True,
             timeout=5,

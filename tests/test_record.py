@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import mmap
 import resource
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from cl_bayes import record
-from cl_bayes.record import peak_memory_mb, start_peak_memory
+from cl_bayes.record import git_commit, peak_memory_mb, start_peak_memory
 
 CPU = torch.device("cpu")
 MB = 2**20
@@ -68,3 +70,17 @@ def test_the_cuda_peak_is_the_runs_own():
     peak = peak_memory_mb(device, scope)
     assert 1 <= peak["cuda_allocated"] < 256
     del small
+
+
+def test_the_commit_is_the_checkout_s_and_none_for_a_package_inside_another_repository(tmp_path):
+    checkout = Path(__file__).resolve().parent.parent
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert git_commit(checkout / "cl_bayes") == head
+    # An installed copy inside someone else's repository: .../project/.venv/site-packages/cl_bayes
+    project = tmp_path / "project"
+    package = project / ".venv" / "site-packages" / "cl_bayes"
+    package.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    assert git_commit(package) is None
