@@ -123,10 +123,13 @@ def expected_files(dataset: str, root: Path) -> list[Path]:
 def load_torchvision(
     dataset: str, root: str | Path, download: bool, device: torch.device
 ) -> dict[str, tuple[Tensor, Tensor]]:
-    """Load a torchvision data set's train and test splits into memory.
+    """Load a torchvision data set's train and test splits into memory, on ``device``.
 
-    Returns ``{"train": (x, y), "test": (x, y)}`` with ``x`` float of shape
-    ``(n, channels, height, width)`` scaled to [0, 1] and ``y`` long of shape ``(n,)``.
+    Returns ``{"train": (x, y), "test": (x, y)}`` with ``x`` the uint8 pixels, contiguous, of
+    shape ``(n, channels, height, width)``, and ``y`` long of shape ``(n,)``. The task
+    builders index and transform the pixels as bytes and turn each task's own into floats in
+    [0, 1] (:func:`pixels_to_float`): a quarter of the memory of a float copy of the whole
+    data set beside the tasks' (MNIST: 55 MB against 220 MB).
     """
     if dataset not in DATASETS:
         raise ConfigError(
@@ -146,11 +149,17 @@ def load_torchvision(
             if not isinstance(error, RuntimeError):
                 raise
             data = _download(cls, dataset, root, split == "train", download)
-        x = torch.as_tensor(np.asarray(data.data))
-        x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
-        y = torch.as_tensor(np.asarray(data.targets), dtype=torch.long)
-        splits[split] = (x.to(device, torch.float32).div_(255.0).contiguous(), y.to(device))
+        splits[split] = _as_tensors(data, device)
+        del data  # CIFAR: torchvision's channels-last pixels, freed before the next split
     return splits
+
+
+def _as_tensors(data, device: torch.device) -> tuple[Tensor, Tensor]:
+    """A torchvision data set's pixels, uint8 ``(n, channels, height, width)``, and labels."""
+    x = torch.as_tensor(np.asarray(data.data))  # MNIST family: the same memory, no copy
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    y = torch.as_tensor(np.asarray(data.targets), dtype=torch.long)
+    return x.to(device).contiguous(), y.to(device)
 
 
 # The idx files of the MNIST family (MNIST, FashionMNIST, KMNIST): a big-endian magic number
@@ -301,6 +310,13 @@ def _carve(
     return train.sort().values, val.sort().values
 
 
+def pixels_to_float(x: Tensor) -> Tensor:
+    """uint8 pixels as a new contiguous float32 tensor in [0, 1]; float inputs unchanged."""
+    if x.is_floating_point():
+        return x
+    return x.to(torch.float32, memory_format=torch.contiguous_format).div_(255.0)
+
+
 def _make_task(
     name: str,
     train: tuple[Tensor, Tensor],
@@ -310,16 +326,23 @@ def _make_task(
     val_fraction: float,
     generator: torch.Generator,
 ) -> Task:
+    """A task from its training and test examples (uint8 pixels or float inputs).
+
+    The training examples are carved into train and validation first; pixels become floats
+    after that, so only what the task keeps is ever converted.
+    """
     (x, y), (x_test, y_test) = train, test
     train_idx, val_idx = _carve(len(y), train_size, val_fraction, generator)
     train_idx, val_idx = train_idx.to(x.device), val_idx.to(x.device)
+    # All of it, in order: the images need no copy before their conversion.
+    x_train = x if len(train_idx) == len(y) else x[train_idx]
     return Task(
         name=name,
-        x_train=x[train_idx],
+        x_train=pixels_to_float(x_train).contiguous(),
         y_train=y[train_idx],
-        x_val=x[val_idx],
+        x_val=pixels_to_float(x[val_idx]),
         y_val=y[val_idx],
-        x_test=x_test,
+        x_test=pixels_to_float(x_test).contiguous(),
         y_test=y_test,
         n_classes=n_classes,
     )

@@ -34,13 +34,24 @@ def mnist(data_root):
     return out
 
 
-def test_load_torchvision_gives_normalised_float_images(data_root):
+def test_load_torchvision_gives_the_pixels_as_bytes(data_root):
     splits = data.load_torchvision("MNIST", data_root, download=False, device=CPU)
     x, y = splits["train"]
-    assert x.shape == (60000, 1, 28, 28) and x.dtype == torch.float32
+    assert x.shape == (60000, 1, 28, 28) and x.dtype == torch.uint8 and x.is_contiguous()
     assert y.shape == (60000,) and y.dtype == torch.long
-    assert x.min() == 0.0 and x.max() == 1.0
+    assert x.min() == 0 and x.max() == 255
     assert splits["test"][0].shape == (10000, 1, 28, 28)
+
+
+def test_pixels_become_floats_in_the_unit_interval():
+    pixels = torch.tensor([0, 1, 128, 255], dtype=torch.uint8).reshape(1, 1, 2, 2)
+    x = data.pixels_to_float(pixels)
+    assert x.dtype == torch.float32 and x.is_contiguous()
+    torch.testing.assert_close(x, pixels.float() / 255.0, rtol=0, atol=0)
+    # A permuted (channels-last) view comes out contiguous too; floats are kept as they are.
+    hwc = torch.arange(24, dtype=torch.uint8).reshape(1, 2, 4, 3).permute(0, 3, 1, 2)
+    assert data.pixels_to_float(hwc).is_contiguous()
+    assert data.pixels_to_float(x) is x
 
 
 def test_split_mnist_tasks_hold_exactly_their_two_digits(mnist, cached_data, data_root):
@@ -59,6 +70,7 @@ def test_split_mnist_tasks_hold_exactly_their_two_digits(mnist, cached_data, dat
             keep = (digits == 2 * k) | (digits == 2 * k + 1)
             # The same images, in torchvision's order, first digit of the pair -> label 0.
             torch.testing.assert_close(x, x_all[keep], rtol=0, atol=0)
+            assert x.dtype == torch.float32 and x.is_contiguous()
             torch.testing.assert_close(y, digits[keep] - 2 * k, rtol=0, atol=0)
             assert set(y.tolist()) == {0, 1}
         assert len(task.y_val) == 0
