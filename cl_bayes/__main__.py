@@ -1,6 +1,8 @@
-"""Command line: ``python -m cl_bayes task=split_mnist method=finetune scenario=task``."""
+"""Command line: ``cl-bayes task=split_mnist method=finetune scenario=task``.
 
-import logging
+``python -m cl_bayes ...`` does the same.
+"""
+
 import sys
 from pathlib import Path
 
@@ -14,8 +16,6 @@ from cl_bayes.checkpoint import CHECKPOINT_NAME
 from cl_bayes.config import CONF_DIR, register_task_sequences
 from cl_bayes.errors import FreshOutputDir, UserError, report
 from cl_bayes.run import run
-
-log = logging.getLogger("cl_bayes")
 
 
 # An absolute path: Hydra reads a relative one against this file under `python -m cl_bayes` but
@@ -66,7 +66,6 @@ def main(cfg: DictConfig) -> float | None:
 
 def cli() -> None:
     """``cl-bayes <overrides>``, the same as ``python -m cl_bayes <overrides>``."""
-    keep_freed_memory()
     register_task_sequences()
     main()
 

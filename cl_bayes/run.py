@@ -112,6 +112,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         checkpoint.set_rng_state(state["rng"])
         log.info(f"Resuming {record['run_id']} after task {record['tasks_completed']}/{T}")
     record["status"] = "running"
+    output_dir.mkdir(parents=True, exist_ok=True)  # checked above, created once data loaded
     record_paths = [
         output_dir / RECORD_NAME,
         Path(cfg.results_dir) / "runs" / f"{record['run_id']}.json",
@@ -337,10 +338,18 @@ def _check_fresh_run_dir(output_dir: Path) -> None:
 
 
 def _check_writable(folder: Path, what: str) -> None:
-    """Create ``folder`` and write a file in it, so a bad path fails before any training."""
+    """Fail now, before any data loads, where ``folder`` could not be created or written.
+
+    Writes (and deletes) a file in ``folder``, or in its nearest existing parent where it
+    does not exist yet; creates nothing, so a start that fails later leaves no empty folder.
+    """
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check-"):
+        if not existing.is_dir():
+            raise NotADirectoryError(0, f"{existing} is not a folder")
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-check-"):
             pass
     except OSError as error:
         reason = error.strerror or type(error).__name__

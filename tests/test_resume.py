@@ -12,7 +12,7 @@ import time
 import pytest
 
 from cl_bayes import checkpoint
-from cl_bayes.errors import ConfigError
+from cl_bayes.errors import ConfigError, DataNotFoundError
 from cl_bayes.record import LOCAL_KEYS
 from cl_bayes.run import run
 from tests.conftest import LONG_ENOUGH, run_cli
@@ -186,3 +186,16 @@ def test_the_resume_warning_names_only_the_settings_the_user_changed(tmp_path, d
     assert resume("train.epochs=1", "device=cpu", "results_dir=" + str(results)) == []
     (warning,) = resume("seed=5", "train.epochs=1", "optimizer.lr=0.5")
     assert warning.endswith("ignoring the changed settings optimizer.lr=0.5, seed=5")
+
+
+def test_a_start_that_fails_on_missing_data_creates_no_folder(tiny_cfg, tmp_path):
+    results, run_dir = tmp_path / "results", tmp_path / "run"
+    cfg = tiny_cfg(
+        "method=finetune",
+        f"results_dir={results}",
+        f"data.root={tmp_path / 'no_data'}",
+        "data.download=false",
+    )
+    with pytest.raises(DataNotFoundError):
+        run(cfg, run_dir)
+    assert sorted(tmp_path.iterdir()) == []
