@@ -138,6 +138,7 @@ def check_config(cfg: DictConfig) -> None:
     if not isinstance(cfg.train.epochs, int):
         raise ConfigError(f"train.epochs must be a whole number, got {cfg.train.epochs!r}.")
     _whole_number(cfg.train.batch_size, "train.batch_size", null="full batch")
+    _whole_number(cfg.train.get("steps"), "train.steps", null="train.epochs passes per task")
     if "lr" in cfg.optimizer:
         _positive(cfg.optimizer.lr, "optimizer.lr")
     if "hidden_sizes" in cfg.model:

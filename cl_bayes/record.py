@@ -35,7 +35,7 @@ NOT_FINGERPRINTED_TOP = frozenset({"seed", "hydra"})
 # Options added after records were first written, with the value every earlier run had: a
 # record without the option and one with this value ran the same experiment, so the
 # fingerprint leaves the option out when it has this value.
-ADDED_OPTIONS = {("model", "sampling"): "local"}
+ADDED_OPTIONS = {("model", "sampling"): "local", ("train", "steps"): None}
 
 
 def utc_now() -> str:
@@ -202,7 +202,7 @@ def experiment_config(config: Any, top: bool = True) -> Any:
         if top:
             for (*parents, name), value in ADDED_OPTIONS.items():
                 section = config_section(kept, parents)
-                if section is not None and section.get(name) == value:
+                if section is not None and name in section and section[name] == value:
                     del section[name]
         return kept
     if isinstance(config, list):

@@ -226,6 +226,7 @@ def train_task(
         label=f"task {t + 1}/{T}",
         progress=cfg.progress,
         on_epoch=log_epoch if logger is not None and logger.active else None,
+        steps=cfg.train.get("steps"),
     )
 
 

@@ -7,6 +7,7 @@ method.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Callable
 
@@ -49,37 +50,47 @@ def fit(
     label: str,
     progress: bool = True,
     on_epoch: Callable[[int, float], None] | None = None,
+    steps: int | None = None,
 ) -> list[float]:
     """Run ``step(model, batch, optimizer)`` over ``epochs`` passes of ``data``; epoch losses.
 
     Minibatches are drawn by indexing the in-memory tensors with a fresh random permutation
     every epoch; ``batch_size=None`` (or one at least the data size) takes the whole data
-    as one batch. ``step`` returns the batch's detached scalar loss; the epoch loss is the
-    example-weighted mean of the batch losses. A NaN or infinite epoch loss, or one
-    :data:`EXPLOSION_FACTOR` times the first batch's (or 1, if larger), stops training with
-    :class:`TrainingDiverged` naming ``label`` and the epoch. ``on_epoch(epoch, loss)``, when
-    given, is called after every epoch (counted from 0).
+    as one batch. With ``steps``, training takes exactly that many steps instead of
+    ``epochs`` passes (as protocols counted in iterations ask): as many passes as needed, the
+    last one cut short. ``step`` returns the batch's detached scalar loss; the epoch loss is
+    the example-weighted mean of the batch losses (of the steps taken, in a cut pass). A NaN
+    or infinite epoch loss, or one :data:`EXPLOSION_FACTOR` times the first batch's (or 1, if
+    larger), stops training with :class:`TrainingDiverged` naming ``label`` and the epoch.
+    ``on_epoch(epoch, loss)``, when given, is called after every epoch (counted from 0).
     """
     n = len(data)
     batch_size = min(batch_size or n, n)
     device = data.y.device
+    per_epoch = math.ceil(n / batch_size)
+    if steps is not None:
+        epochs = math.ceil(steps / per_epoch)
+    left = steps if steps is not None else epochs * per_epoch
     model.train()
     history = []
     first_loss: float | None = None
     bar = tqdm(range(epochs), desc=label, disable=not progress, leave=False)
     for epoch in bar:
         total = torch.zeros((), device=device)
+        seen = 0
         if batch_size >= n:
             batches = [data]
         else:
             order = torch.randperm(n, device=device)
             batches = (data.subset(index) for index in order.split(batch_size))
-        for batch in batches:
+        for batch in itertools.islice(batches, min(left, per_epoch)):
             value = step(model, batch, optimizer)
             if first_loss is None:
                 first_loss = value.item()  # one device sync, once per training phase
             total += value * len(batch)
-        epoch_loss = (total / n).item()  # one device sync per epoch
+            seen += len(batch)
+        left -= per_epoch
+        epoch_loss = (total / seen).item()  # one device sync per epoch
         _check_loss(epoch_loss, first_loss, label, epoch)
         bar.set_postfix(loss=f"{epoch_loss:.4f}")
         history.append(epoch_loss)

@@ -86,3 +86,26 @@ def test_a_nan_loss_is_divergence():
     model = MLP(5, [4], [2])
     with pytest.raises(TrainingDiverged, match="nan in t, epoch 1"):
         fit(model, _data(8), _scripted_step([0.5, float("nan")]), None, 1, 4, "t", False)
+
+
+def test_steps_take_exactly_that_many_steps_the_last_pass_cut_short():
+    calls = []
+
+    def step(model, batch, optimizer):
+        calls.append(len(batch))
+        return torch.tensor(float(len(calls)))
+
+    model = MLP(5, [4], [2])
+    # 10 examples in batches of 4: 3 steps per pass; 7 steps = two passes and one step.
+    history = fit(model, _data(10), step, None, 99, 4, "t", False, steps=7)
+    assert calls == [4, 4, 2, 4, 4, 2, 4]
+    assert history == pytest.approx([(4 * 1 + 4 * 2 + 2 * 3) / 10, (4 * 4 + 4 * 5 + 2 * 6) / 10, 7])
+
+
+def test_without_steps_the_epochs_decide(tiny_cfg, tmp_path, cached_data):
+    from cl_bayes.config import check_config
+    from cl_bayes.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.steps must be a positive whole number"):
+        check_config(tiny_cfg("train.steps=0"))
+    check_config(tiny_cfg("train.steps=20"))
