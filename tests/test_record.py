@@ -84,3 +84,21 @@ def test_the_commit_is_the_checkout_s_and_none_for_a_package_inside_another_repo
     package.mkdir(parents=True)
     subprocess.run(["git", "init", "-q"], cwd=project, check=True)
     assert git_commit(package) is None
+
+
+def test_an_option_added_later_at_its_old_value_does_not_change_the_experiment():
+    from cl_bayes.record import experiment_config
+
+    old = {"seed": 0, "train": {"epochs": 5}, "model": {"hidden_sizes": [8]}}
+    new = {"seed": 1, "train": {"epochs": 5, "steps": None}, "model": {"hidden_sizes": [8]}}
+    assert (
+        experiment_config(new)
+        == experiment_config(old)
+        == {
+            "train": {"epochs": 5},
+            "model": {"hidden_sizes": [8]},
+        }
+    )
+    assert experiment_config({**new, "train": {"epochs": 5, "steps": 2000}}) != (
+        experiment_config(old)
+    )
