@@ -1,0 +1,145 @@
+"""Dark Experience Replay: DER and DER++.
+
+Buzzega, Boschini, Porrello, Abati & Calderara, "Dark Experience for General Continual
+Learning: a Strong, Simple Baseline", NeurIPS 2020.
+
+A reservoir memory of ``memory_size`` training examples in total keeps, with each example,
+the logits the network gave it when it was stored. Each step minimises (eq. 6 of the paper)::
+
+    CE(f(x), y) + alpha * MSE(f(x'), z') + beta * CE(f(x''), y'')
+
+over the current batch ``(x, y)`` and two batches drawn independently from the memory: the
+stored logits ``z'`` of one, the labels ``y''`` of the other (each of ``replay_batch_size``
+examples). ``beta = 0`` is DER, ``beta > 0`` DER++. As in the paper's code, the memory is
+replayed whenever it holds examples (from the first task's second step on), and after every
+step the batch is offered to the reservoir (:mod:`cl_bayes.memory`) with the logits of that
+step's forward pass (detached, before the update), over the outputs active then: in the task
+scenario those of the example's own head. All three batches go through the network in one
+forward pass, each example answered by its own head.
+
+In the class scenario an example stored during an earlier task has logits only for the
+classes seen then; the MSE compares those outputs only (the mean over stored outputs), and
+the outputs added since are left free. Mammoth, the paper's code, stores every output of
+its single full-size head, untrained ones included, and pulls all of them towards the
+stored values.
+
+Kept between tasks: the memory, as index tensors into the tasks' training sets with the
+stored logits, and its counters.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cl_bayes.data import LabelledData
+from cl_bayes.errors import ConfigError
+from cl_bayes.memory import EpisodicMemory, check_positive, indexed, resolve
+from cl_bayes.methods.base import Method, logits
+
+
+def masked_mse(scores: Tensor, stored: Tensor, n_stored: Tensor) -> Tensor:
+    """Mean squared difference over the stored outputs only.
+
+    ``scores`` ``(k, outputs)``; ``stored`` ``(k, width)``, of which row ``i`` holds
+    ``n_stored[i]`` logits (the rest is padding); the first ``min(outputs, width)`` columns
+    are compared. With every output stored it is ``F.mse_loss(scores, stored)``.
+    """
+    width = min(scores.shape[1], stored.shape[1])
+    mask = torch.arange(width, device=scores.device) < n_stored[:, None]
+    squared = (scores[:, :width] - stored[:, :width]).square() * mask
+    return squared.sum() / mask.sum().clamp_min(1)
+
+
+class DER(Method):
+    """Dark Experience Replay (``beta = 0``) and DER++ (``beta > 0``).
+
+    Parameters
+    ----------
+    memory_size
+        Examples held in the reservoir memory in total.
+    replay_batch_size
+        Examples in each of the two memory batches; ``None``: as many as the batch holds.
+    alpha
+        Weight of the logit-matching MSE term (α in Buzzega et al. 2020).
+    beta
+        Weight of the memory's cross-entropy term (β; 0 gives DER).
+    """
+
+    def __init__(
+        self,
+        memory_size: int = 500,
+        replay_batch_size: int | None = 128,
+        alpha: float = 0.5,
+        beta: float = 0.5,
+    ):
+        check_positive("memory_size", memory_size)
+        if replay_batch_size is not None:
+            check_positive("replay_batch_size", replay_batch_size)
+        for key, value in (("alpha", alpha), ("beta", beta)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"method.{key} must be a number >= 0, got {value!r}.")
+        self.memory_size, self.replay_batch_size = memory_size, replay_batch_size
+        self.alpha, self.beta = float(alpha), float(beta)
+        self.memory = EpisodicMemory(memory_size, "reservoir")
+        self._seen: Sequence[LabelledData] = ()
+        self._task = 0
+
+    def training_data(self, task_id: int, seen: Sequence[LabelledData]) -> LabelledData:
+        """Task ``task_id``'s examples by index, so that each step knows which it stores."""
+        self._seen, self._task = seen, task_id
+        return indexed(seen[task_id])
+
+    def loss(self, model: nn.Module, batch: LabelledData) -> Tensor:
+        """``CE(current) + alpha * MSE(memory logits) + beta * CE(memory labels)``."""
+        batch, _ = resolve(batch, self._seen, self._task)
+        return self.loss_and_logits(model, batch)[0]
+
+    def loss_and_logits(self, model: nn.Module, batch: LabelledData) -> tuple[Tensor, Tensor]:
+        """The loss on ``batch`` (with inputs) and the batch's logits ``(batch, n_outputs)``."""
+        if not len(self.memory) or not (self.alpha or self.beta):
+            scores = logits(model, batch)
+            return F.cross_entropy(scores, batch.y), scores
+        size = self.replay_batch_size or len(batch)
+        distil = self.memory.sample(size) if self.alpha else batch.y[:0]
+        labelled = self.memory.sample(size) if self.beta else batch.y[:0]
+        # Both memory batches join the current one in a single forward pass.
+        replay = self.memory.batch(torch.cat([distil, labelled]), self._seen, batch.n_outputs)
+        joined = LabelledData.concat([batch, replay])
+        sizes = [len(batch), len(distil), len(labelled)]
+        scores = logits(model, joined).split(sizes)
+        value = F.cross_entropy(scores[0], batch.y)
+        if self.alpha:
+            stored, n_stored = self.memory.stored_logits(distil)
+            value = value + self.alpha * masked_mse(scores[1], stored, n_stored)
+        if self.beta:
+            value = value + self.beta * F.cross_entropy(scores[2], joined.y.split(sizes)[2])
+        return value, scores[0]
+
+    def train_step(
+        self, model: nn.Module, batch: LabelledData, optimizer: torch.optim.Optimizer
+    ) -> Tensor:
+        """One step; the batch is then offered to the memory with this step's logits.
+
+        A batch given with its inputs (not drawn from :meth:`training_data`) is trained on
+        but not stored: its examples' indices are unknown.
+        """
+        batch, index = resolve(batch, self._seen, self._task)
+        value, scores = self.loss_and_logits(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        value.backward()
+        optimizer.step()
+        if index is not None:
+            self.memory.add(self._task, index, batch, logits=scores.detach())
+        return value.detach()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The memory's entries, stored logits and counters."""
+        return {"memory": self.memory.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.memory.load_state_dict(state["memory"])
