@@ -51,14 +51,14 @@ from cl_bayes.methods.quadratic import (
 FISHER_TYPES = ("expected", "empirical")
 
 # objective(logits (batch, n_outputs), targets (batch,)) -> (outputs, weights), both
-# (batch, K): the per-example quantities to differentiate and the weight of each one.
-Objective = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+# (batch, K): the per-example quantities to differentiate and the weight of each one
+# (None: all 1).
+Objective = Callable[[Tensor, Tensor], tuple[Tensor, Tensor | None]]
 
 
-def empirical_fisher_objective(z: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """``log p(y | x)`` at the true label, weight 1: shapes ``(batch, 1)``."""
-    out = z.log_softmax(dim=-1).gather(1, y[:, None])
-    return out, torch.ones_like(out)
+def empirical_fisher_objective(z: Tensor, y: Tensor) -> tuple[Tensor, None]:
+    """``log p(y | x)`` at the true label, ``(batch, 1)``, unweighted."""
+    return z.log_softmax(dim=-1).gather(1, y[:, None]), None
 
 
 def expected_fisher_objective(z: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -207,9 +207,10 @@ def per_example_gradient_sums(
 ) -> dict[str, Tensor]:
     """``sum_n sum_k w_nk |d out_nk / d theta|^power`` for each of ``params``, per example.
 
-    ``out, w = objective(logits, y)`` over the active outputs, both ``(batch, K)``; the
-    gradient of each example's own output is taken (not of a batch mean), in training mode
-    with gradients enabled whatever the caller's mode. Models built from ``nn.Linear``
+    ``out, w = objective(logits, y)`` over the active outputs, both ``(batch, K)`` (``w``
+    ``None``: all 1); ``power`` is 1 or 2. The gradient of each example's own output is
+    taken (not of a batch mean), in training mode with gradients enabled whatever the
+    caller's mode. Models built from ``nn.Linear``
     layers take an exact shortcut: an example's gradient of a linear layer's weight is the
     outer product ``g a^T`` of the gradient at the layer's output and its input, so
     ``sum_n |g_n a_n^T|^p = |G|^p^T |A|^p``, one matrix product per layer instead of a
@@ -283,17 +284,24 @@ def _linear_sums(model, chunk, objective, power, layers, sums) -> bool:
         grads = torch.autograd.grad(
             out, [o for _, _, o in calls], basis, allow_unused=True, is_grads_batched=True
         )
-    scale = weight.detach().T[:, :, None]  # (K, batch, 1)
     for (layer, a, _), g in zip(calls, grads, strict=True):
         if g is None:  # a layer the outputs do not depend on
             continue
-        g = (scale * g.detach().abs().pow(power)).sum(0)  # (batch, out)
+        g = _power(g.detach(), power, inplace=True)  # (K, batch, out), a fresh tensor
+        g = g.sum(0) if weight is None else torch.einsum("bk,kbo->bo", weight.detach(), g)
         weight_name, bias_name = layers[layer]
         if weight_name in sums:
-            sums[weight_name] += g.T @ a.detach().abs().pow(power)
+            sums[weight_name] += g.T @ _power(a.detach(), power)
         if bias_name in sums:
             sums[bias_name] += g.sum(0)
     return True
+
+
+def _power(t: Tensor, power: int, inplace: bool = False) -> Tensor:
+    """``|t|^power`` for ``power`` 1 or 2."""
+    if power == 2:
+        return t.square_() if inplace else t.square()
+    return t.abs_() if inplace else t.abs()
 
 
 def _vmap_sums(model, chunk, objective, power, params, sums) -> None:
@@ -306,12 +314,13 @@ def _vmap_sums(model, chunk, objective, power, params, sums) -> None:
         # back holding plain tensors instead of its parameters.
         z = functional_call(model, p, (x[None], head), tie_weights=False)[:, :n_outputs]
         out, weight = objective(z, y[None])
+        weight = torch.ones_like(out) if weight is None else weight
         return out[0], weight[0].detach()
 
     def example(x, y):
         jac, weight = jacrev(outputs, has_aux=True)(detached, x, y)
         return {
-            name: torch.einsum("k,k...->...", weight, g.abs().pow(power)) for name, g in jac.items()
+            name: torch.einsum("k,k...->...", weight, _power(g, power)) for name, g in jac.items()
         }
 
     # Memory: one (chunk, K, n_parameters) Jacobian at a time.

@@ -19,7 +19,6 @@ Kept between tasks: the summed importances, the anchor and the heads trained so 
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from cl_bayes.data import LabelledData
@@ -33,10 +32,9 @@ from cl_bayes.methods.quadratic import (
 )
 
 
-def squared_norm_objective(z: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """``||f(x)||_2^2`` over the active outputs, weight 1: shapes ``(batch, 1)``."""
-    out = z.square().sum(dim=1, keepdim=True)
-    return out, torch.ones_like(out)
+def squared_norm_objective(z: Tensor, y: Tensor) -> tuple[Tensor, None]:
+    """``||f(x)||_2^2`` over the active outputs, ``(batch, 1)``, unweighted (labels unused)."""
+    return z.square().sum(dim=1, keepdim=True), None
 
 
 class MAS(QuadraticPenalty):
