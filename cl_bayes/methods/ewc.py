@@ -14,9 +14,10 @@ gradient, computed in training mode with gradients enabled:
 
 - ``fisher: expected`` (the Fisher information itself): ``sum_k p(k|x) (d log p(k|x))^2``,
   summed exactly over the active outputs ``k`` with ``p`` the model's own prediction. Exact
-  rather than sampled, so it carries no sampling noise and draws no random numbers; it costs
-  one backward pass per active output (2 on Split MNIST task- or domain-incremental, up to the
-  number of classes class-incremental), paid once per task.
+  rather than sampled (``k ~ p(.|x)``), so it carries no sampling noise and draws no random
+  numbers; the price is one backward pass per active output (2 on Split MNIST task- or
+  domain-incremental, up to the number of classes class-incremental), batched into one call
+  and going no further than the layers' outputs, paid once per task.
 - ``fisher: empirical``: ``(d log p(y|x))^2`` at the true label ``y``; one backward pass.
 
 In task-incremental learning task ``t``'s Fisher comes from head ``t``, so the other heads'
