@@ -20,7 +20,7 @@ Which hooks a method overrides (the rest keep the defaults below):
 ======  ===============  ===========  ===========  ==============  ===============  ========
 method  training_data    before_task  loss         train_step      after_task       predict
 ======  ===============  ===========  ===========  ==============  ===============  ========
-EWC     .                .            + penalty    .               Fisher           .
+EWC     .                .            + penalty    + penalty grad  Fisher           .
 SI      .                .            + penalty    observes step   importance ω     .
 LwF     .                snapshot     + distil     .               .                .
 ER      keeps ``seen``   .            + replay     .               update memory    .
@@ -28,12 +28,13 @@ A-GEM   keeps ``seen``   .            .            projects grad   update memory
 VCL     coreset out      new heads    neg ELBO     .               posterior→prior  MC mean
 ======  ===============  ===========  ===========  ==============  ===============  ========
 
-(EWC: the diagonal Fisher at the task's end; SI: the path integral ω of every step's gradient
-times parameter change; LwF: distillation towards the model snapshot taken before the task;
-ER: a batch of its memory (index tensors into the tasks in ``seen``) mixed into each step's
-loss; A-GEM: the gradient projected against the memory's reference gradient between backward
-and step; VCL: the posterior becomes the next prior, and prediction averages the softmax over
-weight samples.)
+(EWC: the diagonal Fisher at the task's end, and the quadratic penalty's gradient added in
+closed form between backward and step, which ``loss`` also states for autograd; SI: the path
+integral ω of every step's gradient times parameter change; LwF: distillation towards the
+model snapshot taken before the task; ER: a batch of its memory (index tensors into the tasks
+in ``seen``) mixed into each step's loss; A-GEM: the gradient projected against the memory's
+reference gradient between backward and step; VCL: the posterior becomes the next prior, and
+prediction averages the softmax over weight samples.)
 """
 
 from __future__ import annotations
