@@ -146,7 +146,7 @@ class EpisodicMemory:
         """
         if self.capacity is None:
             raise ValueError("add needs a memory with a capacity; use extend")
-        self._to(index.device)
+        self.to(index.device)
         keys = class_keys(data)
         if self.policy == "reservoir":
             slot, append = self._reservoir_slots(len(index))
@@ -154,22 +154,26 @@ class EpisodicMemory:
             slot, append = self._class_balanced_slots(keys)
         if append.numel():
             self._append(task_id, index[append], keys[append], _rows(logits, append))
-        self._write(slot, task_id, index, keys, logits)
+        if slot is not None:
+            self._write(slot, task_id, index, keys, logits)
         self.n_seen += len(index)
 
     def extend(self, task_id: int, index: Tensor, data: LabelledData) -> None:
         """Append examples ``index`` ``(b,)`` of task ``task_id`` (``data``: those examples)."""
-        self._to(index.device)
+        self.to(index.device)
         self._append(task_id, index, class_keys(data), None)
 
-    def _reservoir_slots(self, b: int) -> tuple[Tensor, Tensor]:
+    def _reservoir_slots(self, b: int) -> tuple[Tensor | None, Tensor]:
         """Algorithm R for ``b`` examples: (slot per example or -1, batch rows to append)."""
         device = self.task.device
+        n_fill = max(0, min(b, self.capacity - self.n_seen))  # the memory's free slots
+        append = torch.arange(n_fill, device=device)
+        if n_fill == b:
+            return None, append
         count = self.n_seen + torch.arange(1, b + 1, device=device)  # 1-based stream position
-        fill = count <= self.capacity
-        slot = torch.where(fill, -1, _uniform_below(count))
-        slot = torch.where(slot < self.capacity, slot, -1)
-        return slot, fill.nonzero().squeeze(1)
+        draw = _uniform_below(count)
+        slot = torch.where((count > self.capacity) & (draw < self.capacity), draw, -1)
+        return slot, append
 
     def _class_balanced_slots(self, keys: Tensor) -> tuple[Tensor, Tensor]:
         """Per-class reservoirs of equal quota: (slot per example or -1, batch rows to append)."""
@@ -232,20 +236,18 @@ class EpisodicMemory:
         self, slot: Tensor, task_id: int, index: Tensor, keys: Tensor, logits: Tensor | None
     ) -> None:
         """Put example ``i`` at ``slot[i]`` (``-1``: nowhere); of two at one slot, the later."""
-        keep = slot >= 0
-        winner = torch.full((len(self),), -1, dtype=torch.long, device=slot.device)
-        rows = torch.arange(len(slot), device=slot.device)
-        winner.scatter_reduce_(0, slot[keep], rows[keep], reduce="amax")
-        won = winner >= 0
-        source = winner.clamp(min=0)
-        self.task = torch.where(won, task_id, self.task)
-        self.index = torch.where(won, index[source], self.index)
-        self.key = torch.where(won, keys[source], self.key)
+        kept = (slot >= 0).nonzero().squeeze(1)
+        if not len(kept):
+            return
+        target, inverse = slot[kept].unique(return_inverse=True)
+        source = torch.full_like(target, -1).scatter_reduce_(0, inverse, kept, reduce="amax")
+        self.task[target] = task_id
+        self.index[target] = index[source]
+        self.key[target] = keys[source]
         if logits is not None:
             self._widen(logits.shape[1])
-            padded = F.pad(logits, (0, self.logits.shape[1] - logits.shape[1]))
-            self.logits = torch.where(won[:, None], padded[source], self.logits)
-            self.n_logits = torch.where(won, logits.shape[1], self.n_logits)
+            self.logits[target] = F.pad(logits[source], (0, self.logits.shape[1] - logits.shape[1]))
+            self.n_logits[target] = logits.shape[1]
 
     def _widen(self, outputs: int) -> None:
         if outputs > self.logits.shape[1]:
@@ -255,42 +257,63 @@ class EpisodicMemory:
         self.task, self.index, self.key = self.task[keep], self.index[keep], self.key[keep]
         self.logits, self.n_logits = self.logits[keep], self.n_logits[keep]
 
-    def _to(self, device: torch.device) -> None:
+    def to(self, device: torch.device) -> None:
+        """Keep the entries on ``device`` (the data's; a checkpoint loads them on the CPU)."""
         if self.task.device != device:
             for name in ("task", "index", "key", "logits", "n_logits", "classes", "class_seen"):
                 setattr(self, name, getattr(self, name).to(device))
 
     # -- replay ------------------------------------------------------------------------------
     def sample(self, k: int) -> Tensor:
-        """``min(k, size)`` distinct entry positions ``(k,)``, drawn uniformly at random."""
-        return torch.randperm(len(self), device=self.task.device)[:k]
+        """``min(k, size)`` distinct entry positions ``(k,)``, drawn uniformly at random.
+
+        They come grouped by task (the order within a batch changes no loss), so that
+        :meth:`batch` gathers each task's examples in one piece.
+        """
+        positions = torch.randperm(len(self), device=self.task.device)[:k]
+        return positions[torch.argsort(self.task[positions], stable=True)]
 
     def batch(
-        self, positions: Tensor, seen: Sequence[LabelledData], n_outputs: int
+        self,
+        positions: Tensor,
+        seen: Sequence[LabelledData],
+        n_outputs: int,
+        first: LabelledData | None = None,
     ) -> LabelledData:
-        """The entries at ``positions`` as training data, rebuilt from ``seen``.
+        """The entries at ``positions`` as training data, rebuilt from ``seen``, in that order.
 
         Inputs, scenario targets and heads come from each entry's own task (``seen[task]``):
         one head index where all of them share it, else a per-example ``(k,)`` head tensor.
         ``n_outputs`` is the outputs active now (class scenario: every class seen so far).
+        ``first`` (the current batch, with inputs) is put before the entries, so that the
+        joined batch is built in one go.
         """
-        self._to(seen[0].y.device)
+        self.to(seen[0].y.device)
         task, index = self.task[positions], self.index[positions]
-        tasks = task.unique().tolist()
-        first = seen[tasks[0]] if tasks else seen[0]
-        x = first.x.new_empty((len(positions), *first.x.shape[1:]))
-        y = first.y.new_empty(len(positions))
-        heads = {seen[t].head for t in tasks if isinstance(seen[t].head, int)}
-        shared = len(heads) == 1 and all(isinstance(seen[t].head, int) for t in tasks)
-        head: int | Tensor = heads.pop() if shared else torch.empty_like(y)
-        for t in tasks:
-            rows = (task == t).nonzero().squeeze(1)
-            source = index[rows]
-            x[rows] = seen[t].x[source]
-            y[rows] = seen[t].y[source]
+        # Runs of entries of one task (one per task for positions from sample) are
+        # gathered straight into place.
+        runs, lengths = (v.tolist() for v in torch.unique_consecutive(task, return_counts=True))
+        heads = [seen[t].head for t in set(runs)] + ([] if first is None else [first.head])
+        shared = all(isinstance(h, int) for h in heads) and len(set(heads)) <= 1
+        offset = 0 if first is None else len(first)
+        n = offset + len(positions)
+        x = seen[0].x.new_empty((n, *seen[0].x.shape[1:]))
+        y = seen[0].y.new_empty(n)
+        head: int | Tensor = (heads[0] if heads else 0) if shared else y.new_empty(n)
+        if first is not None:
+            x[:offset], y[:offset] = first.x, first.y
             if not shared:
-                head[rows] = seen[t].head if isinstance(seen[t].head, int) else seen[t].head[source]
-        return LabelledData(x, y, head if tasks else 0, n_outputs)
+                head[:offset] = first.head
+        start = offset
+        for t, rows in zip(runs, index.split(lengths), strict=True):
+            end = start + len(rows)
+            torch.index_select(seen[t].x, 0, rows, out=x[start:end])
+            torch.index_select(seen[t].y, 0, rows, out=y[start:end])
+            if not shared:
+                h = seen[t].head
+                head[start:end] = h if isinstance(h, int) else h[rows]
+            start = end
+        return LabelledData(x, y, head, n_outputs)
 
     def stored_logits(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """Logits stored with the entries at ``positions``: ``(k, outputs)`` and ``(k,)`` counts."""

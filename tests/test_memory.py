@@ -156,6 +156,17 @@ def test_a_memory_batch_answers_each_example_with_its_own_head_and_target():
     assert torch.equal(batch.head, task)
     assert torch.equal(batch.y, index.long() % 2)
     assert batch.n_outputs == 2
+    # Positions in any order (not grouped by task as sample gives them) keep their order.
+    positions = torch.randperm(30)
+    batch = memory.batch(positions, seen, n_outputs=2)
+    task, index = (
+        batch.x.flatten().div(1000, rounding_mode="floor").long(),
+        batch.x.flatten() % 1000,
+    )
+    assert torch.equal(task, memory.task[positions]) and torch.equal(
+        index.long(), memory.index[positions]
+    )
+    assert torch.equal(batch.head, task) and torch.equal(batch.y, index.long() % 2)
     # Class-incremental: one shared head, targets with each task's class offset.
     seen = [LabelledData(s.x, s.y + 2 * t, 0, 2 * t + 2) for t, s in enumerate(seen)]
     batch = memory.batch(memory.sample(30), seen, n_outputs=6)

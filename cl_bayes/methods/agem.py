@@ -66,6 +66,7 @@ class AGEM(Method):
     def training_data(self, task_id: int, seen: Sequence[LabelledData]) -> LabelledData:
         """Task ``task_id``'s training set (the earlier ones are kept for the memory)."""
         self._seen = seen
+        self.memory.to(seen[task_id].y.device)
         return seen[task_id]
 
     def train_step(

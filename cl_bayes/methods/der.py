@@ -91,6 +91,7 @@ class DER(Method):
     def training_data(self, task_id: int, seen: Sequence[LabelledData]) -> LabelledData:
         """Task ``task_id``'s examples by index, so that each step knows which it stores."""
         self._seen, self._task = seen, task_id
+        self.memory.to(seen[task_id].y.device)
         return indexed(seen[task_id])
 
     def loss(self, model: nn.Module, batch: LabelledData) -> Tensor:
@@ -107,8 +108,8 @@ class DER(Method):
         distil = self.memory.sample(size) if self.alpha else batch.y[:0]
         labelled = self.memory.sample(size) if self.beta else batch.y[:0]
         # Both memory batches join the current one in a single forward pass.
-        replay = self.memory.batch(torch.cat([distil, labelled]), self._seen, batch.n_outputs)
-        joined = LabelledData.concat([batch, replay])
+        positions = torch.cat([distil, labelled])
+        joined = self.memory.batch(positions, self._seen, batch.n_outputs, first=batch)
         sizes = [len(batch), len(distil), len(labelled)]
         scores = logits(model, joined).split(sizes)
         value = F.cross_entropy(scores[0], batch.y)

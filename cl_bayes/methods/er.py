@@ -69,6 +69,7 @@ class ER(Method):
     def training_data(self, task_id: int, seen: Sequence[LabelledData]) -> LabelledData:
         """Task ``task_id``'s examples by index, so that each step knows which it trains on."""
         self._seen, self._task = seen, task_id
+        self.memory.to(seen[task_id].y.device)
         return indexed(seen[task_id])
 
     def loss(self, model: nn.Module, batch: LabelledData) -> Tensor:
@@ -76,8 +77,8 @@ class ER(Method):
         batch, _ = resolve(batch, self._seen, self._task)
         if self._task > 0 and len(self.memory):
             size = self.replay_batch_size or len(batch)
-            replay = self.memory.batch(self.memory.sample(size), self._seen, batch.n_outputs)
-            batch = LabelledData.concat([batch, replay])
+            positions = self.memory.sample(size)
+            batch = self.memory.batch(positions, self._seen, batch.n_outputs, first=batch)
         return F.cross_entropy(logits(model, batch), batch.y)
 
     def train_step(
