@@ -71,12 +71,16 @@ class LabelledData:
     ``x``: ``(n, ...)``; ``y``: ``(n,)`` long targets in the scenario's label space;
     ``head``: one head index for all examples, or an ``(n,)`` long tensor.
     ``n_outputs``: active outputs (class-incremental: the classes seen so far).
+    ``index``: each example's position in its task's split, ``(n,)`` long, carried through
+    :meth:`subset`, so that a minibatch says which examples it holds (replay memories store
+    these positions, never copies of the inputs); ``None`` where unknown.
     """
 
     x: Tensor
     y: Tensor
     head: int | Tensor
     n_outputs: int
+    index: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.y)
@@ -84,11 +88,15 @@ class LabelledData:
     def subset(self, index: Tensor) -> LabelledData:
         """The examples at ``index`` (a ``(k,)`` long or ``(n,)`` bool tensor)."""
         head = self.head if isinstance(self.head, int) else self.head[index]
-        return LabelledData(self.x[index], self.y[index], head, self.n_outputs)
+        positions = None if self.index is None else self.index[index]
+        return LabelledData(self.x[index], self.y[index], head, self.n_outputs, positions)
 
     @staticmethod
     def concat(parts: Sequence[LabelledData]) -> LabelledData:
-        """All examples of ``parts``, in order, each keeping its own head."""
+        """All examples of ``parts``, in order, each keeping its own head.
+
+        The result has no ``index``: its examples come from several tasks' splits.
+        """
         heads = [p.head for p in parts]
         if all(isinstance(h, int) for h in heads) and len(set(heads)) == 1:
             head: int | Tensor = heads[0]

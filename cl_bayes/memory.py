@@ -29,9 +29,8 @@ when they were stored. Every random draw uses torch's global generator (on the d
 device), so a checkpoint's RNG state covers it; :meth:`~EpisodicMemory.state_dict` holds
 tensors and ints only.
 
-Replay methods train on :func:`indexed` views of their tasks, so that every minibatch the
-loop draws tells ``train_step`` which examples it holds; :func:`resolve` turns such a batch
-back into inputs.
+Every minibatch the loop draws carries its examples' positions in their task's training set
+(``LabelledData.index``), which is what ``train_step`` offers to the memory.
 """
 
 from __future__ import annotations
@@ -46,31 +45,6 @@ from cl_bayes.data import LabelledData
 from cl_bayes.errors import ConfigError
 
 POLICIES = ("reservoir", "class_balanced")
-
-
-def indexed(data: LabelledData) -> LabelledData:
-    """``data`` with each example's index ``0 .. n-1`` in place of its input.
-
-    Minibatches drawn from this view (``subset``) carry the indices of their examples into
-    ``data``; :func:`resolve` fetches their inputs.
-    """
-    index = torch.arange(len(data), device=data.y.device)
-    return LabelledData(index, data.y, data.head, data.n_outputs)
-
-
-def resolve(
-    batch: LabelledData, seen: Sequence[LabelledData], task_id: int
-) -> tuple[LabelledData, Tensor | None]:
-    """The batch with its inputs, and its examples' indices into ``seen[task_id]``.
-
-    A batch drawn from :func:`indexed` ``(seen[task_id])`` holds indices ``(batch,)`` (long)
-    in place of inputs: they are looked up in ``seen[task_id].x``. A batch that already holds
-    inputs (floats) is returned as it is, with ``None`` for the indices.
-    """
-    if batch.x.is_floating_point():
-        return batch, None
-    inputs = seen[task_id].x[batch.x]
-    return LabelledData(inputs, batch.y, batch.head, batch.n_outputs), batch.x
 
 
 def check_positive(key: str, value: Any) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from enum import Enum
 
+import torch
 from torch import Tensor
 
 from cl_bayes.data import LabelledData, TaskSequence
@@ -93,7 +94,7 @@ class Scenario(str, Enum):
 
         The view every method trains and is evaluated on: within-task labels mapped by
         :meth:`targets`, the answering head from :meth:`head`, and the outputs active once
-        the task is trained (:meth:`n_outputs`).
+        the task is trained (:meth:`n_outputs`), and each example's position in the split.
         """
         task = sequence.tasks[task_id]
         x, y = getattr(task, f"x_{split}"), getattr(task, f"y_{split}")
@@ -102,4 +103,5 @@ class Scenario(str, Enum):
             self.targets(sequence, task_id, y),
             self.head(task_id),
             self.n_outputs(sequence, task_id),
+            torch.arange(len(y), device=y.device),
         )

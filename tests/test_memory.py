@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cl_bayes.data import LabelledData
-from cl_bayes.memory import EpisodicMemory, class_keys, indexed, resolve
+from cl_bayes.memory import EpisodicMemory, class_keys
 
 
 def _stream(n, n_outputs=2, head=0, task_inputs=0.0):
@@ -146,7 +146,7 @@ def test_a_memory_batch_answers_each_example_with_its_own_head_and_target():
     seen = [_stream(50, head=t, task_inputs=1000.0 * t) for t in range(3)]
     memory = EpisodicMemory(30, "reservoir")
     for t in range(3):
-        _offer(memory, t, indexed(seen[t]), 10)
+        _offer(memory, t, seen[t], 10)
     batch = memory.batch(memory.sample(30), seen, n_outputs=2)
     task, index = (
         batch.x.flatten().div(1000, rounding_mode="floor").long(),
@@ -186,13 +186,12 @@ def test_a_memory_holds_indices_never_inputs():
     assert torch.equal(batch.x, seen[0].x[memory.index])
 
 
-def test_indexed_batches_resolve_to_their_inputs():
-    seen = [_stream(8), _stream(6, task_inputs=100.0)]
-    view = indexed(seen[1])
-    batch = view.subset(torch.tensor([4, 1]))
-    inputs, index = resolve(batch, seen, 1)
-    assert index.tolist() == [4, 1] and torch.equal(inputs.x, seen[1].x[[4, 1]])
-    assert resolve(seen[0], seen, 0) == (seen[0], None)
+def test_minibatches_carry_their_examples_positions():
+    data = _stream(8)
+    data = LabelledData(data.x, data.y, data.head, data.n_outputs, torch.arange(8))
+    batch = data.subset(torch.tensor([4, 1])).subset(torch.tensor([1]))
+    assert batch.index.tolist() == [1] and torch.equal(batch.x, data.x[[1]])
+    assert LabelledData.concat([data, data]).index is None
 
 
 def test_stored_logits_keep_their_width_and_are_padded():

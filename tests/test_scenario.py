@@ -75,3 +75,13 @@ def test_unknown_scenario_lists_the_valid_ones():
         Scenario.parse("tasks")
     assert Scenario.parse("class") is Scenario.CLASS
     assert Scenario.CLASS == "class"  # a str Enum: records and configs hold the plain name
+
+
+@pytest.mark.parametrize("scenario", list(Scenario))
+def test_the_labelled_view_has_the_scenario_s_targets_head_and_positions(scenario):
+    seq = make_sequence([2, 2, 2], n=6)
+    data = scenario.labelled(seq, 1, "train")
+    assert torch.equal(data.x, seq.tasks[1].x_train)
+    assert torch.equal(data.y, scenario.targets(seq, 1, seq.tasks[1].y_train))
+    assert data.head == scenario.head(1) and data.n_outputs == scenario.n_outputs(seq, 1)
+    assert data.index.tolist() == list(range(6))

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from cl_bayes.data import LabelledData
 from cl_bayes.errors import ConfigError
-from cl_bayes.memory import EpisodicMemory, check_positive, indexed, resolve
+from cl_bayes.memory import EpisodicMemory, check_positive
 from cl_bayes.methods.base import Method, logits
 
 
@@ -89,14 +89,13 @@ class DER(Method):
         self._task = 0
 
     def training_data(self, task_id: int, seen: Sequence[LabelledData]) -> LabelledData:
-        """Task ``task_id``'s examples by index, so that each step knows which it stores."""
+        """Task ``task_id``'s training set; the tasks in ``seen`` are what the memory indexes."""
         self._seen, self._task = seen, task_id
         self.memory.to(seen[task_id].y.device)
-        return indexed(seen[task_id])
+        return seen[task_id]
 
     def loss(self, model: nn.Module, batch: LabelledData) -> Tensor:
         """``CE(current) + alpha * MSE(memory logits) + beta * CE(memory labels)``."""
-        batch, _ = resolve(batch, self._seen, self._task)
         return self.loss_and_logits(model, batch)[0]
 
     def loss_and_logits(self, model: nn.Module, batch: LabelledData) -> tuple[Tensor, Tensor]:
@@ -125,10 +124,10 @@ class DER(Method):
     ) -> Tensor:
         """One step; the batch is then offered to the memory with this step's logits.
 
-        A batch given with its inputs (not drawn from :meth:`training_data`) is trained on
-        but not stored: its examples' indices are unknown.
+        A batch whose examples' positions are unknown (``batch.index`` is ``None``) is
+        trained on but not stored.
         """
-        batch, index = resolve(batch, self._seen, self._task)
+        index = batch.index
         value, scores = self.loss_and_logits(model, batch)
         optimizer.zero_grad(set_to_none=True)
         value.backward()

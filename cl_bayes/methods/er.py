@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from cl_bayes.data import LabelledData
 from cl_bayes.errors import ConfigError
-from cl_bayes.memory import POLICIES, EpisodicMemory, check_positive, indexed, resolve
+from cl_bayes.memory import POLICIES, EpisodicMemory, check_positive
 from cl_bayes.methods.base import Method, logits
 from cl_bayes.training import plain_step
 
@@ -67,14 +67,13 @@ class ER(Method):
         self._task = 0
 
     def training_data(self, task_id: int, seen: Sequence[LabelledData]) -> LabelledData:
-        """Task ``task_id``'s examples by index, so that each step knows which it trains on."""
+        """Task ``task_id``'s training set; the tasks in ``seen`` are what the memory indexes."""
         self._seen, self._task = seen, task_id
         self.memory.to(seen[task_id].y.device)
-        return indexed(seen[task_id])
+        return seen[task_id]
 
     def loss(self, model: nn.Module, batch: LabelledData) -> Tensor:
         """Mean cross-entropy over the batch and, from the second task on, a replay batch."""
-        batch, _ = resolve(batch, self._seen, self._task)
         if self._task > 0 and len(self.memory):
             size = self.replay_batch_size or len(batch)
             positions = self.memory.sample(size)
@@ -86,10 +85,10 @@ class ER(Method):
     ) -> Tensor:
         """One step on the batch with replay, then the batch is offered to the memory.
 
-        A batch given with its inputs (not drawn from :meth:`training_data`) is trained on
-        but not stored: its examples' indices are unknown.
+        A batch whose examples' positions are unknown (``batch.index`` is ``None``) is
+        trained on but not stored.
         """
-        batch, index = resolve(batch, self._seen, self._task)
+        index = batch.index
         value = plain_step(self.loss, model, batch, optimizer)
         if index is not None:
             self.memory.add(self._task, index, batch)

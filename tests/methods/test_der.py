@@ -22,10 +22,11 @@ def _tasks(n_tasks=2, n=40, scenario="task"):
     tasks = []
     for t in range(n_tasks):
         x, y = torch.randn(n, 1, 2, 3, generator=g), torch.arange(n) % 2
+        index = torch.arange(n)  # each example's position, as Scenario.labelled gives it
         if scenario == "task":
-            tasks.append(LabelledData(x, y, t, 2))
+            tasks.append(LabelledData(x, y, t, 2, index))
         else:  # class-incremental: one head, task t's classes 2t and 2t + 1
-            tasks.append(LabelledData(x, y + 2 * t, 0, 2 * t + 2))
+            tasks.append(LabelledData(x, y + 2 * t, 0, 2 * t + 2, index))
     return tasks
 
 

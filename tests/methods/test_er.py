@@ -19,7 +19,9 @@ from cl_bayes.run import run
 def _task(t, n=40, head=None, offset=0, n_outputs=2):
     """Task ``t``: ``n`` examples whose one input is ``1000 t + index``; targets alternate."""
     x = (1000.0 * t + torch.arange(n, dtype=torch.float32)).reshape(n, 1, 1, 1)
-    return LabelledData(x, torch.arange(n) % 2 + offset, t if head is None else head, n_outputs)
+    head = t if head is None else head
+    # With each example's position, as Scenario.labelled gives it.
+    return LabelledData(x, torch.arange(n) % 2 + offset, head, n_outputs, torch.arange(n))
 
 
 def _decode(x):
