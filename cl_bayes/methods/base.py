@@ -23,18 +23,21 @@ method  training_data    before_task  loss         train_step      after_task   
 EWC     .                .            + penalty    + penalty grad  Fisher           .
 SI      .                .            + penalty    observes step   importance ω     .
 LwF     .                snapshot     + distil     .               .                .
-ER      keeps ``seen``   .            + replay     .               update memory    .
+ER      keeps ``seen``   .            + replay     stores batch    .                .
 A-GEM   keeps ``seen``   .            .            projects grad   update memory    .
+DER++   keeps ``seen``   .            + replay     stores logits   .                .
 VCL     coreset out      new heads    neg ELBO     .               posterior→prior  MC mean
 ======  ===============  ===========  ===========  ==============  ===============  ========
 
 (EWC: the diagonal Fisher at the task's end, and the quadratic penalty's gradient added in
 closed form between backward and step, which ``loss`` also states for autograd; SI: the path
 integral ω of every step's gradient times parameter change; LwF: distillation towards the
-model snapshot taken before the task; ER: a batch of its memory (index tensors into the tasks
-in ``seen``) mixed into each step's loss; A-GEM: the gradient projected against the memory's
-reference gradient between backward and step; VCL: the posterior becomes the next prior, and
-prediction averages the softmax over weight samples.)
+model snapshot taken before the task; ER: a batch of its memory (positions in the tasks in
+``seen``, from ``batch.index``) mixed into each step's loss, and each batch offered to the
+memory after its step; A-GEM: the gradient projected against the memory's reference gradient
+between backward and step; DER++: as ER, with the logits of each stored batch kept and
+distilled; VCL: the posterior becomes the next prior, and prediction averages the softmax
+over weight samples.)
 """
 
 from __future__ import annotations
