@@ -49,3 +49,25 @@ def test_a_paper_experiment_composes_to_the_papers_protocol(experiment):
         assert cfg.method.coreset_size == protocol["coreset"]
         assert cfg.method.coreset_method == coreset_method
     assert list(cfg.hydra.sweeper.params.seed.split(",")) == ["0", "1", "2"]
+
+
+METHODS = sorted(path.stem for path in (CONF_DIR / "method").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("scenario", ["task", "domain", "class"])
+def test_the_three_scenario_protocol_composes_with_every_method(method, scenario):
+    register_task_sequences()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            "config",
+            ["+experiment=three_scenarios_split_mnist", f"method={method}", f"scenario={scenario}"],
+            return_hydra_config=True,
+        )
+    assert cfg.protocol == "three_scenarios_split_mnist"
+    assert cfg.task.name == "split_mnist" and cfg.task.n_tasks == 5 and cfg.scenario == scenario
+    assert list(cfg.model.hidden_sizes) == [400, 400]
+    assert (cfg.train.steps, cfg.train.batch_size, cfg.optimizer.lr) == (2000, 128, 0.001)
+    assert cfg.optimizer._target_ == "torch.optim.Adam"
+    assert cfg.method._target_.startswith(f"cl_bayes.methods.{method}.")
+    assert list(cfg.hydra.sweeper.params.seed.split(",")) == ["0", "1", "2"]
