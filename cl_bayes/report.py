@@ -78,6 +78,9 @@ SCENARIO_NAMES = {
     "domain": "domain-incremental",
     "class": "class-incremental",
 }
+# The output layer every method of a scenario trains: one head per task only where the task
+# identity is given (trained multi-head, not a single head with masked outputs).
+HEAD_TYPES = {"task": "multi-head", "domain": "single head", "class": "single head"}
 # Summary entries that are not metrics to average.
 NOT_METRICS = {"tasks", "average_accuracy"}
 # How many of the settings that tell a group apart its Protocol cell names.
@@ -585,8 +588,9 @@ def not_averaged_table(runs: Sequence[NotAveraged]) -> Table:
 
 
 def section_title(task: str, scenario: str) -> str:
-    """``split_mnist · task-incremental``."""
-    return f"{task} · {SCENARIO_NAMES.get(scenario, scenario)}"
+    """``split_mnist · task-incremental (multi-head)``: the scenario and its head type."""
+    title = f"{task} · {SCENARIO_NAMES.get(scenario, scenario)}"
+    return f"{title} ({HEAD_TYPES[scenario]})" if scenario in HEAD_TYPES else title
 
 
 # ---------------------------------------------------------------------------------------------

@@ -186,7 +186,7 @@ def test_table_row_holds_the_hand_computed_means_and_stds(tmp_path):
     assert (
         "| # | Method | Protocol | n | ACC (%) | BWT (%) | Forgetting (%) | FWT (%) |" in markdown
     )
-    assert "## split_mnist · task-incremental" in markdown
+    assert "## split_mnist · task-incremental (multi-head)" in markdown
     assert f"by `{COMMAND}`" in markdown
     assert "Intransigence" not in markdown and "ECE" not in markdown
 
@@ -235,8 +235,8 @@ def test_groups_are_separated_by_protocol_and_scenario(tmp_path):
         make_record("class-seed0", 0.40, scenario="class"),
     ]
     markdown, _ = generate(tmp_path, *records)
-    assert markdown.index("## split_mnist · class-incremental") < markdown.index(
-        "## split_mnist · task-incremental"
+    assert markdown.index("## split_mnist · class-incremental (single head)") < markdown.index(
+        "## split_mnist · task-incremental (multi-head)"
     )
     rows = rows_of(markdown)
     assert rows[0].startswith("| 1 | vcl | p | 1 | 40.00 ± – |")  # the class table
@@ -509,7 +509,7 @@ def test_readme_block_is_replaced_and_regenerating_keeps_it(tmp_path):
     assert text.endswith(README_END + "\n\n## After\n")
     block = text.split(README_BEGIN)[1].split(README_END)[0]
     assert "old table" not in block
-    assert "### split_mnist · task-incremental" in block
+    assert "### split_mnist · task-incremental (multi-head)" in block
     assert "| 1 | vcl | p | 3 | 94.00 ± 4.00 |" in block
     assert "Runs not averaged" not in block
     assert "python -m cl_bayes.report --results" in block
