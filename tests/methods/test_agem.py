@@ -8,13 +8,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cl_bayes import checkpoint
 from cl_bayes.data import LabelledData
 from cl_bayes.errors import ConfigError
 from cl_bayes.memory import EpisodicMemory
 from cl_bayes.methods.agem import AGEM, project
 from cl_bayes.models.mlp import MLP
-from cl_bayes.run import run
+from tests.methods.runs import (
+    MORE_MNIST,
+    THREE_SYNTHETIC_TASKS,
+    after_two_mnist_tasks,
+    run_method,
+    saved_method_state,
+)
 
 
 class Recorder(torch.optim.SGD):
@@ -136,51 +141,28 @@ def test_after_task_keeps_memory_per_task_random_examples_of_each_task():
 
 
 @pytest.mark.parametrize("scenario", ["task", "domain", "class"])
-def test_agem_runs_end_to_end_on_synthetic_tasks(tmp_path, compose_cfg, scenario):
-    cfg = compose_cfg(
-        "task=synthetic",
-        "task.n_tasks=3",
-        "task.train_size=300",
-        "train.epochs=5",
-        "train.batch_size=32",
-        "model.hidden_sizes=[32]",
-        "progress=false",
-        "device=cpu",
+def test_agem_runs_end_to_end_on_synthetic_tasks(tmp_path, scenario):
+    record = run_method(
+        tmp_path,
+        "agem",
+        *THREE_SYNTHETIC_TASKS,
         f"scenario={scenario}",
-        "method=agem",
         "method.memory_per_task=40",
         "method.reference_batch_size=64",
-        f"results_dir={tmp_path / 'results'}",
     )
-    record = run(cfg, tmp_path / "run")
     assert record["status"] == "completed"
     R = torch.tensor(record["accuracy_matrix"])
     # Every task is learnt and kept (fine-tuning keeps about 1 % of task 1 in the class
     # scenario with these settings).
     assert (R.tril() > 0.7).sum() == 6, R
-    state = checkpoint.load(tmp_path / "run" / checkpoint.CHECKPOINT_NAME)["method"]
+    state = saved_method_state(record)
     memory = EpisodicMemory()
     memory.load_state_dict(state["memory"])
     assert torch.bincount(memory.task).tolist() == [40, 40, 40]
 
 
-def test_agem_forgets_less_than_finetune_on_two_real_mnist_tasks(
-    tmp_path, compose_cfg, cached_data
-):
-    common = [
-        "task=split_mnist",
-        "task.n_tasks=2",
-        "task.train_size=1000",
-        "train.epochs=2",
-        "train.batch_size=32",
-        "model.hidden_sizes=[100]",
-        "scenario=class",  # fine-tuning forgets the first task completely here
-        "seed=0",
-        "progress=false",
-        "device=cpu",
-        f"results_dir={tmp_path / 'results'}",
-    ]
-    finetune = run(compose_cfg(*common, "method=finetune"), tmp_path / "finetune")
-    agem = run(compose_cfg(*common, "method=agem", "method.memory_per_task=200"), tmp_path / "a")
-    kept, lost = agem["accuracy_matrix"][1][0], finetune["accuracy_matrix"][1][0]
+def test_agem_forgets_less_than_finetune_on_two_real_mnist_tasks(tmp_path, cached_data):
+    # Class-incremental: fine-tuning forgets the first task completely here.
+    lost = after_two_mnist_tasks(tmp_path, "finetune", *MORE_MNIST)[0]
+    kept = after_two_mnist_tasks(tmp_path, "agem", *MORE_MNIST, "method.memory_per_task=200")[0]
     assert kept > lost + 0.5, (kept, lost)

@@ -21,23 +21,15 @@ from cl_bayes.config import CONF_DIR, instantiate
 from cl_bayes.run import run, train_task
 from cl_bayes.scenario import Scenario
 from tests.conftest import compose_config
+from tests.methods.runs import SYNTHETIC
 
 METHODS = sorted(path.stem for path in (CONF_DIR / "method").glob("*.yaml"))
-SMALL = [
-    "task=synthetic",
-    "task.n_tasks=2",
-    "task.train_size=120",
-    "task.test_size=60",
-    "train.epochs=2",
-    "train.batch_size=32",
-    "model.hidden_sizes=[16]",
-    "progress=false",
-    "device=cpu",
-]
 
 
 def _config(tmp_path, name, *overrides):
-    return compose_config(*SMALL, f"method={name}", f"results_dir={tmp_path}/results", *overrides)
+    return compose_config(
+        *SYNTHETIC, f"method={name}", f"results_dir={tmp_path}/results", *overrides
+    )
 
 
 def _pieces(cfg):

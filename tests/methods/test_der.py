@@ -8,13 +8,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cl_bayes import checkpoint
 from cl_bayes.data import LabelledData
 from cl_bayes.errors import ConfigError
 from cl_bayes.memory import EpisodicMemory
 from cl_bayes.methods.der import DER, masked_mse
 from cl_bayes.models.mlp import MLP
-from cl_bayes.run import run
+from tests.methods.runs import (
+    MORE_MNIST,
+    THREE_SYNTHETIC_TASKS,
+    after_two_mnist_tasks,
+    run_method,
+    saved_method_state,
+)
 
 
 def _tasks(n_tasks=2, n=40, scenario="task"):
@@ -126,49 +131,24 @@ def test_masked_mse_is_the_mean_over_stored_outputs():
 
 
 @pytest.mark.parametrize("scenario", ["task", "domain", "class"])
-def test_der_runs_end_to_end_on_synthetic_tasks(tmp_path, compose_cfg, scenario):
-    cfg = compose_cfg(
-        "task=synthetic",
-        "task.n_tasks=3",
-        "task.train_size=300",
-        "train.epochs=5",
-        "train.batch_size=32",
-        "model.hidden_sizes=[32]",
-        "progress=false",
-        "device=cpu",
-        f"scenario={scenario}",
-        "method=der",
-        "method.memory_size=50",
-        f"results_dir={tmp_path / 'results'}",
+def test_der_runs_end_to_end_on_synthetic_tasks(tmp_path, scenario):
+    record = run_method(
+        tmp_path, "der", *THREE_SYNTHETIC_TASKS, f"scenario={scenario}", "method.memory_size=50"
     )
-    record = run(cfg, tmp_path / "run")
     assert record["status"] == "completed"
     R = torch.tensor(record["accuracy_matrix"])
     # Every task is learnt and kept (fine-tuning keeps about 1 % of task 1 in the class
     # scenario with these settings).
     assert (R.tril() > 0.7).sum() == 6, R
-    state = checkpoint.load(tmp_path / "run" / checkpoint.CHECKPOINT_NAME)["method"]
+    state = saved_method_state(record)
     memory = EpisodicMemory(50)
     memory.load_state_dict(state["memory"])
     assert len(memory) == 50 and set(memory.task.tolist()) == {0, 1, 2}
     assert memory.logits.shape[1] == (6 if scenario == "class" else 2)
 
 
-def test_der_forgets_less_than_finetune_on_two_real_mnist_tasks(tmp_path, compose_cfg, cached_data):
-    common = [
-        "task=split_mnist",
-        "task.n_tasks=2",
-        "task.train_size=1000",
-        "train.epochs=2",
-        "train.batch_size=32",
-        "model.hidden_sizes=[100]",
-        "scenario=class",  # fine-tuning forgets the first task completely here
-        "seed=0",
-        "progress=false",
-        "device=cpu",
-        f"results_dir={tmp_path / 'results'}",
-    ]
-    finetune = run(compose_cfg(*common, "method=finetune"), tmp_path / "finetune")
-    der = run(compose_cfg(*common, "method=der", "method.memory_size=200"), tmp_path / "der")
-    kept, lost = der["accuracy_matrix"][1][0], finetune["accuracy_matrix"][1][0]
+def test_der_forgets_less_than_finetune_on_two_real_mnist_tasks(tmp_path, cached_data):
+    # Class-incremental: fine-tuning forgets the first task completely here.
+    lost = after_two_mnist_tasks(tmp_path, "finetune", *MORE_MNIST)[0]
+    kept = after_two_mnist_tasks(tmp_path, "der", *MORE_MNIST, "method.memory_size=200")[0]
     assert kept > lost + 0.5, (kept, lost)

@@ -7,15 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from cl_bayes import checkpoint
 from cl_bayes.data import LabelledData
 from cl_bayes.errors import ConfigError
 from cl_bayes.methods.base import Method, logits
 from cl_bayes.methods.ewc import EWC, fisher_information
 from cl_bayes.methods.quadratic import trained_parameters
 from cl_bayes.models.mlp import MLP
-from cl_bayes.run import run
-from tests.conftest import compose_config
+from tests.methods.runs import after_two_mnist_tasks, run_method, saved_method_state
 
 
 def _data(n=20, head=0, n_outputs=3, seed=0):
@@ -241,25 +239,11 @@ def test_bad_settings_are_one_clear_error(kwargs):
         EWC(**kwargs)
 
 
-SMALL = [
-    "task=synthetic",
-    "task.n_tasks=2",
-    "task.train_size=120",
-    "task.test_size=60",
-    "train.epochs=2",
-    "train.batch_size=32",
-    "model.hidden_sizes=[16]",
-    "progress=false",
-    "device=cpu",
-]
-
-
 @pytest.mark.parametrize("scenario", ["task", "domain", "class"])
 def test_runs_in_every_scenario_with_a_fisher_per_task(tmp_path, scenario):
-    cfg = compose_config(*SMALL, "method=ewc", f"scenario={scenario}", f"results_dir={tmp_path}")
-    record = run(cfg, tmp_path / "run")
+    record = run_method(tmp_path, "ewc", f"scenario={scenario}")
     assert record["status"] == "completed"
-    state = checkpoint.load(tmp_path / "run" / checkpoint.CHECKPOINT_NAME)["method"]
+    state = saved_method_state(record)
     assert len(state["fisher"]) == 2
     heads = {"task": [0, 1], "domain": [0], "class": [0]}[scenario]
     assert state["seen_heads"] == heads
@@ -267,29 +251,10 @@ def test_runs_in_every_scenario_with_a_fisher_per_task(tmp_path, scenario):
     assert all(f["body.1.weight"].sum() > 0 for f in state["fisher"])
 
 
-MNIST = [
-    "task=split_mnist",
-    "task.n_tasks=2",
-    "task.train_size=500",
-    "train.epochs=3",
-    "train.batch_size=64",
-    "model.hidden_sizes=[100]",
-    "scenario=class",
-    "seed=0",
-    "progress=false",
-    "device=cpu",
-]
-
-
-def _after_task_2(tmp_path, method, *overrides):
-    cfg = compose_config(*MNIST, f"method={method}", f"results_dir={tmp_path}", *overrides)
-    return run(cfg, tmp_path / method / "run")["accuracy_matrix"][1]
-
-
 def test_forgets_less_than_finetune_on_two_split_mnist_tasks(tmp_path, cached_data):
     # Class-incremental: fine-tuning forgets the first two digits completely.
-    finetune = _after_task_2(tmp_path, "finetune")
-    ewc = _after_task_2(tmp_path, "ewc", "method.penalty_weight=1e5")
+    finetune = after_two_mnist_tasks(tmp_path, "finetune")
+    ewc = after_two_mnist_tasks(tmp_path, "ewc", "method.penalty_weight=1e5")
     assert finetune[0] < 0.05
     assert ewc[0] > finetune[0] + 0.3
     assert ewc[1] > 0.5  # and still learns the new task

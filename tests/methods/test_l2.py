@@ -2,6 +2,7 @@
 
 import copy
 import io
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +13,7 @@ from cl_bayes.errors import ConfigError
 from cl_bayes.methods.base import Method
 from cl_bayes.methods.l2 import L2
 from cl_bayes.models.mlp import MLP
-from cl_bayes.run import run
-from tests.conftest import compose_config
+from tests.methods.runs import after_two_mnist_tasks, run_method
 
 
 def _data(head=0, seed=0, n=16):
@@ -95,25 +95,11 @@ def test_a_negative_strength_is_one_clear_error():
         L2(penalty_weight=-0.5)
 
 
-SMALL = [
-    "task=synthetic",
-    "task.n_tasks=2",
-    "task.train_size=120",
-    "task.test_size=60",
-    "train.epochs=2",
-    "train.batch_size=32",
-    "model.hidden_sizes=[16]",
-    "progress=false",
-    "device=cpu",
-]
-
-
 @pytest.mark.parametrize("scenario", ["task", "domain", "class"])
 def test_runs_in_every_scenario_anchored_at_what_was_trained(tmp_path, scenario):
-    cfg = compose_config(*SMALL, "method=l2", f"scenario={scenario}", f"results_dir={tmp_path}")
-    record = run(cfg, tmp_path / "run")
+    record = run_method(tmp_path, "l2", f"scenario={scenario}")
     assert record["status"] == "completed"
-    saved = checkpoint.load(tmp_path / "run" / checkpoint.CHECKPOINT_NAME)
+    saved = checkpoint.load(Path(record["record_path"]).parent / checkpoint.CHECKPOINT_NAME)
     heads = {"task": [0, 1], "domain": [0], "class": [0]}[scenario]
     assert saved["method"]["seen_heads"] == heads
     assert set(saved["method"]["anchor"]) == {
@@ -125,29 +111,10 @@ def test_runs_in_every_scenario_anchored_at_what_was_trained(tmp_path, scenario)
         assert torch.equal(anchor, saved["model"][name])
 
 
-MNIST = [
-    "task=split_mnist",
-    "task.n_tasks=2",
-    "task.train_size=500",
-    "train.epochs=3",
-    "train.batch_size=64",
-    "model.hidden_sizes=[100]",
-    "scenario=class",
-    "seed=0",
-    "progress=false",
-    "device=cpu",
-]
-
-
-def _after_task_2(tmp_path, method, *overrides):
-    cfg = compose_config(*MNIST, f"method={method}", f"results_dir={tmp_path}", *overrides)
-    return run(cfg, tmp_path / method / "run")["accuracy_matrix"][1]
-
-
 def test_forgets_less_than_finetune_on_two_split_mnist_tasks(tmp_path, cached_data):
     # Class-incremental: fine-tuning forgets the first two digits completely.
-    finetune = _after_task_2(tmp_path, "finetune")
-    l2 = _after_task_2(tmp_path, "l2", "method.penalty_weight=10")
+    finetune = after_two_mnist_tasks(tmp_path, "finetune")
+    l2 = after_two_mnist_tasks(tmp_path, "l2", "method.penalty_weight=10")
     assert finetune[0] < 0.05
     assert l2[0] > finetune[0] + 0.3
     assert l2[1] > 0.5  # and still learns the new task

@@ -6,13 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from cl_bayes import checkpoint
 from cl_bayes.data import LabelledData
 from cl_bayes.errors import ConfigError
 from cl_bayes.methods.mas import MAS
 from cl_bayes.models.mlp import MLP
-from cl_bayes.run import run
-from tests.conftest import compose_config
+from tests.methods.runs import after_two_mnist_tasks, run_method, saved_method_state
 
 
 class LinearHeads(nn.Module):
@@ -131,54 +129,21 @@ def test_a_negative_strength_is_one_clear_error():
         MAS(penalty_weight=-1.0)
 
 
-SMALL = [
-    "task=synthetic",
-    "task.n_tasks=2",
-    "task.train_size=120",
-    "task.test_size=60",
-    "train.epochs=2",
-    "train.batch_size=32",
-    "model.hidden_sizes=[16]",
-    "progress=false",
-    "device=cpu",
-]
-
-
 @pytest.mark.parametrize("scenario", ["task", "domain", "class"])
 def test_runs_in_every_scenario_with_importances_for_what_was_trained(tmp_path, scenario):
-    cfg = compose_config(*SMALL, "method=mas", f"scenario={scenario}", f"results_dir={tmp_path}")
-    record = run(cfg, tmp_path / "run")
+    record = run_method(tmp_path, "mas", f"scenario={scenario}")
     assert record["status"] == "completed"
-    state = checkpoint.load(tmp_path / "run" / checkpoint.CHECKPOINT_NAME)["method"]
+    state = saved_method_state(record)
     heads = {"task": [0, 1], "domain": [0], "class": [0]}[scenario]
     assert state["seen_heads"] == heads
     assert {f"heads.{h}.weight" for h in heads} <= set(state["importance"])
     assert state["importance"]["body.1.weight"].sum() > 0
 
 
-MNIST = [
-    "task=split_mnist",
-    "task.n_tasks=2",
-    "task.train_size=500",
-    "train.epochs=3",
-    "train.batch_size=64",
-    "model.hidden_sizes=[100]",
-    "scenario=class",
-    "seed=0",
-    "progress=false",
-    "device=cpu",
-]
-
-
-def _after_task_2(tmp_path, method, *overrides):
-    cfg = compose_config(*MNIST, f"method={method}", f"results_dir={tmp_path}", *overrides)
-    return run(cfg, tmp_path / method / "run")["accuracy_matrix"][1]
-
-
 def test_forgets_less_than_finetune_on_two_split_mnist_tasks(tmp_path, cached_data):
     # Class-incremental: fine-tuning forgets the first two digits completely.
-    finetune = _after_task_2(tmp_path, "finetune")
-    mas = _after_task_2(tmp_path, "mas", "method.penalty_weight=100")
+    finetune = after_two_mnist_tasks(tmp_path, "finetune")
+    mas = after_two_mnist_tasks(tmp_path, "mas", "method.penalty_weight=100")
     assert finetune[0] < 0.05
     assert mas[0] > finetune[0] + 0.3
     assert mas[1] > 0.5  # and still learns the new task

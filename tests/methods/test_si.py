@@ -7,14 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from cl_bayes import checkpoint
 from cl_bayes.config import instantiate
 from cl_bayes.data import LabelledData
 from cl_bayes.errors import ConfigError
 from cl_bayes.methods.si import SI
-from cl_bayes.run import run, train_task
+from cl_bayes.run import train_task
 from cl_bayes.scenario import Scenario
 from tests.conftest import compose_config
+from tests.methods.runs import SYNTHETIC, after_two_mnist_tasks, run_method, saved_method_state
 
 A = torch.tensor([1.0, 2.0, 0.5])
 B = torch.tensor([1.0, -2.0, 3.0])
@@ -81,7 +81,7 @@ def test_omega_uses_the_gradient_of_the_unregularised_loss():
 
 
 def _synthetic(tmp_path, scenario="task", *overrides):
-    cfg = compose_config(*SMALL, "method=si", f"scenario={scenario}", f"results_dir={tmp_path}")
+    cfg = compose_config(*SYNTHETIC, "method=si", f"scenario={scenario}", f"results_dir={tmp_path}")
     sequence = instantiate(cfg.task, root=".", download=False, device="cpu", seed=0)
     scenario_ = Scenario.parse(cfg.scenario)
     torch.manual_seed(0)
@@ -181,54 +181,21 @@ def test_bad_settings_are_one_clear_error(kwargs):
         SI(**kwargs)
 
 
-SMALL = [
-    "task=synthetic",
-    "task.n_tasks=2",
-    "task.train_size=120",
-    "task.test_size=60",
-    "train.epochs=2",
-    "train.batch_size=32",
-    "model.hidden_sizes=[16]",
-    "progress=false",
-    "device=cpu",
-]
-
-
 @pytest.mark.parametrize("scenario", ["task", "domain", "class"])
 def test_runs_in_every_scenario_with_importances_for_what_was_trained(tmp_path, scenario):
-    cfg = compose_config(*SMALL, "method=si", f"scenario={scenario}", f"results_dir={tmp_path}")
-    record = run(cfg, tmp_path / "run")
+    record = run_method(tmp_path, "si", f"scenario={scenario}")
     assert record["status"] == "completed"
-    state = checkpoint.load(tmp_path / "run" / checkpoint.CHECKPOINT_NAME)["method"]
+    state = saved_method_state(record)
     heads = {"task": [0, 1], "domain": [0], "class": [0]}[scenario]
     assert state["seen_heads"] == heads
     assert {f"heads.{h}.weight" for h in heads} <= set(state["importance"])
     assert state["importance"]["body.1.weight"].sum() > 0
 
 
-MNIST = [
-    "task=split_mnist",
-    "task.n_tasks=2",
-    "task.train_size=500",
-    "train.epochs=3",
-    "train.batch_size=64",
-    "model.hidden_sizes=[100]",
-    "scenario=class",
-    "seed=0",
-    "progress=false",
-    "device=cpu",
-]
-
-
-def _after_task_2(tmp_path, method, *overrides):
-    cfg = compose_config(*MNIST, f"method={method}", f"results_dir={tmp_path}", *overrides)
-    return run(cfg, tmp_path / method / "run")["accuracy_matrix"][1]
-
-
 def test_forgets_less_than_finetune_on_two_split_mnist_tasks(tmp_path, cached_data):
     # Class-incremental: fine-tuning forgets the first two digits completely.
-    finetune = _after_task_2(tmp_path, "finetune")
-    si = _after_task_2(tmp_path, "si", "method.penalty_weight=100")
+    finetune = after_two_mnist_tasks(tmp_path, "finetune")
+    si = after_two_mnist_tasks(tmp_path, "si", "method.penalty_weight=100")
     assert finetune[0] < 0.05
     assert si[0] > finetune[0] + 0.3
     assert si[1] > 0.5  # and still learns the new task

@@ -1,0 +1,73 @@
+"""Short runs of the whole loop, shared by the methods' tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cl_bayes import checkpoint
+from cl_bayes.run import run
+from tests.conftest import compose_config
+
+# Two small synthetic tasks (no data on disk): a run takes about a second.
+SYNTHETIC = [
+    "task=synthetic",
+    "task.n_tasks=2",
+    "task.train_size=120",
+    "task.test_size=60",
+    "train.epochs=2",
+    "train.batch_size=32",
+    "model.hidden_sizes=[16]",
+    "progress=false",
+    "device=cpu",
+]
+# Two real Split-MNIST tasks, class-incremental: fine-tuning forgets the first one entirely.
+TWO_MNIST_TASKS = [
+    "task=split_mnist",
+    "task.n_tasks=2",
+    "task.train_size=500",
+    "train.epochs=3",
+    "train.batch_size=64",
+    "model.hidden_sizes=[100]",
+    "scenario=class",
+    "seed=0",
+    "progress=false",
+    "device=cpu",
+]
+
+
+def run_method(
+    tmp_path: Path, method: str, *overrides: str, base: list[str] = SYNTHETIC
+) -> dict[str, Any]:
+    """The record of ``method=<method>`` run with ``base`` and then ``overrides``.
+
+    The run's folder is ``tmp_path/<method>/run``; later overrides win over earlier ones.
+    """
+    cfg = compose_config(
+        *base, f"method={method}", f"results_dir={tmp_path / 'results'}", *overrides
+    )
+    return run(cfg, tmp_path / method / "run")
+
+
+def saved_method_state(record: dict[str, Any]) -> dict[str, Any]:
+    """What the method kept after the run's last task, as its checkpoint holds it."""
+    run_dir = Path(record["record_path"]).parent
+    return checkpoint.load(run_dir / checkpoint.CHECKPOINT_NAME)["method"]
+
+
+def after_two_mnist_tasks(tmp_path: Path, method: str, *overrides: str) -> list[float]:
+    """Accuracy on each of two real Split-MNIST tasks after training both (``R[1]``)."""
+    return run_method(tmp_path, method, *overrides, base=TWO_MNIST_TASKS)["accuracy_matrix"][1]
+
+
+# Overrides of SYNTHETIC: three tasks, long enough for a replay memory to matter.
+THREE_SYNTHETIC_TASKS = [
+    "task.n_tasks=3",
+    "task.train_size=300",
+    "task.test_size=200",
+    "train.epochs=5",
+    "train.batch_size=32",
+    "model.hidden_sizes=[32]",
+]
+# Overrides of TWO_MNIST_TASKS: more examples in smaller batches, as replay tests use.
+MORE_MNIST = ["task.train_size=1000", "train.epochs=2", "train.batch_size=32"]
