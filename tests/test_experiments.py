@@ -71,3 +71,25 @@ def test_the_three_scenario_protocol_composes_with_every_method(method, scenario
     assert cfg.optimizer._target_ == "torch.optim.Adam"
     assert cfg.method._target_.startswith(f"cl_bayes.methods.{method}.")
     assert list(cfg.hydra.sweeper.params.seed.split(",")) == ["0", "1", "2"]
+
+
+CHOSEN = sorted(
+    path.stem for path in (CONF_DIR / "experiment").glob("three_scenarios_split_mnist_*.yaml")
+)
+
+
+@pytest.mark.parametrize("experiment", CHOSEN)
+def test_a_method_s_chosen_settings_keep_the_three_scenario_protocol(experiment):
+    method, scenario = experiment.removeprefix("three_scenarios_split_mnist_").rsplit("_", 1)
+    register_task_sequences()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        base = compose(
+            "config",
+            ["+experiment=three_scenarios_split_mnist", f"method={method}", f"scenario={scenario}"],
+        )
+        cfg = compose("config", [f"+experiment={experiment}"], return_hydra_config=True)
+    assert cfg.protocol == "three_scenarios_split_mnist" and cfg.scenario == scenario
+    assert cfg.method._target_ == base.method._target_
+    for key in ("task", "model", "optimizer", "train"):
+        assert cfg[key] == base[key]
+    assert list(cfg.hydra.sweeper.params.seed.split(",")) == ["0", "1", "2"]
