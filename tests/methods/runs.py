@@ -55,6 +55,13 @@ def saved_method_state(record: dict[str, Any]) -> dict[str, Any]:
     return checkpoint.load(run_dir / checkpoint.CHECKPOINT_NAME)["method"]
 
 
+def assert_importances_of_what_was_trained(state: dict[str, Any], heads: list[int]) -> None:
+    """A regulariser's saved state covers the heads trained and a non-zero body importance."""
+    assert state["seen_heads"] == heads
+    assert {f"heads.{h}.weight" for h in heads} <= set(state["importance"])
+    assert state["importance"]["body.1.weight"].sum() > 0
+
+
 def after_two_mnist_tasks(tmp_path: Path, method: str, *overrides: str) -> list[float]:
     """Accuracy on each of two real Split-MNIST tasks after training both (``R[1]``)."""
     return run_method(tmp_path, method, *overrides, base=TWO_MNIST_TASKS)["accuracy_matrix"][1]

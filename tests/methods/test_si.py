@@ -14,7 +14,12 @@ from cl_bayes.methods.si import SI
 from cl_bayes.run import train_task
 from cl_bayes.scenario import Scenario
 from tests.conftest import compose_config
-from tests.methods.runs import SYNTHETIC, after_two_mnist_tasks, run_method, saved_method_state
+from tests.methods.runs import (
+    SYNTHETIC,
+    assert_importances_of_what_was_trained,
+    run_method,
+    saved_method_state,
+)
 
 A = torch.tensor([1.0, 2.0, 0.5])
 B = torch.tensor([1.0, -2.0, 3.0])
@@ -187,15 +192,4 @@ def test_runs_in_every_scenario_with_importances_for_what_was_trained(tmp_path, 
     assert record["status"] == "completed"
     state = saved_method_state(record)
     heads = {"task": [0, 1], "domain": [0], "class": [0]}[scenario]
-    assert state["seen_heads"] == heads
-    assert {f"heads.{h}.weight" for h in heads} <= set(state["importance"])
-    assert state["importance"]["body.1.weight"].sum() > 0
-
-
-def test_forgets_less_than_finetune_on_two_split_mnist_tasks(tmp_path, cached_data):
-    # Class-incremental: fine-tuning forgets the first two digits completely.
-    finetune = after_two_mnist_tasks(tmp_path, "finetune")
-    si = after_two_mnist_tasks(tmp_path, "si", "method.penalty_weight=100")
-    assert finetune[0] < 0.05
-    assert si[0] > finetune[0] + 0.3
-    assert si[1] > 0.5  # and still learns the new task
+    assert_importances_of_what_was_trained(state, heads)
