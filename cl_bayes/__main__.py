@@ -14,7 +14,8 @@ from omegaconf import DictConfig
 from cl_bayes.allocator import keep_freed_memory
 from cl_bayes.checkpoint import CHECKPOINT_NAME
 from cl_bayes.config import CONF_DIR, register_task_sequences
-from cl_bayes.errors import FreshOutputDir, UserError, report
+from cl_bayes.errors import UserError
+from cl_bayes.job import FreshOutputDir, report
 from cl_bayes.run import run
 
 
