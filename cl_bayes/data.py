@@ -3,15 +3,14 @@
 Every task keeps its inputs as float tensors of shape ``(n, channels, height, width)``
 (images with pixels in [0, 1]), on the training device, and its labels as within-task
 labels ``0 .. n_classes - 1``. The scenario (``cl_bayes.scenario``) maps those labels to
-the outputs a model is trained on. torchvision appears only in :func:`load_torchvision`;
-:func:`synthetic_sequence` needs no files at all.
+the outputs a model is trained on. torchvision appears only in :func:`load_torchvision` and
+in ``cl_bayes.data_files``, which checks the files it reads; :func:`synthetic_sequence` needs
+no files at all.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -22,10 +21,8 @@ import torchvision
 from torch import Tensor
 from torchvision.transforms.v2 import functional as tv_functional
 
-from cl_bayes.errors import ConfigError, DataNotFoundError
-
-DATASETS = ("MNIST", "FashionMNIST", "KMNIST", "CIFAR10", "CIFAR100")
-DATA_ENV_VAR = "CL_BAYES_DATA"
+from cl_bayes.data_files import DATASETS, check_files, download_or_explain
+from cl_bayes.errors import ConfigError
 
 
 @dataclass
@@ -117,17 +114,6 @@ class LabelledData:
         )
 
 
-def expected_files(dataset: str, root: Path) -> list[Path]:
-    """Files torchvision looks for when loading ``dataset`` from ``root``."""
-    cls = getattr(torchvision.datasets, dataset)
-    if hasattr(cls, "resources"):  # MNIST family: <root>/<Class>/raw/<file without .gz>
-        raw = root / cls.__name__ / "raw"
-        return [raw / os.path.splitext(os.path.basename(url))[0] for url, _ in cls.resources]
-    folder = root / cls.base_folder  # CIFAR family
-    names = [name for name, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
-    return [folder / name for name in names]
-
-
 def load_torchvision(
     dataset: str, root: str | Path, download: bool, device: torch.device
 ) -> dict[str, tuple[Tensor, Tensor]]:
@@ -145,7 +131,7 @@ def load_torchvision(
         )
     root = Path(root).expanduser().resolve()
     cls = getattr(torchvision.datasets, dataset)
-    _check_files(dataset, root, thorough=False)
+    check_files(dataset, root, thorough=False)
     splits = {}
     for split in ("train", "test"):
         try:
@@ -153,10 +139,10 @@ def load_torchvision(
         except Exception as error:
             # torchvision says "not found or corrupted" alike, and a damaged file can fail
             # anywhere in its reading: name the damaged file first, if there is one.
-            _check_files(dataset, root, thorough=True)
+            check_files(dataset, root, thorough=True)
             if not isinstance(error, RuntimeError):
                 raise
-            data = _download(cls, dataset, root, split == "train", download)
+            data = download_or_explain(cls, dataset, root, split == "train", download)
         splits[split] = _as_tensors(data, device)
         del data  # CIFAR: torchvision's channels-last pixels, freed before the next split
     return splits
@@ -168,136 +154,6 @@ def _as_tensors(data, device: torch.device) -> tuple[Tensor, Tensor]:
     x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
     y = torch.as_tensor(np.asarray(data.targets), dtype=torch.long)
     return x.to(device).contiguous(), y.to(device)
-
-
-# The idx files of the MNIST family (MNIST, FashionMNIST, KMNIST): a big-endian magic number
-# 0x000008<n> (unsigned bytes, n dimensions), n big-endian 32-bit sizes, then the bytes.
-IDX_MAGIC = {"images": 0x00000803, "labels": 0x00000801}
-IDX_EXAMPLES = {"train": 60000, "t10k": 10000}
-IDX_IMAGE_SIZE = (28, 28)
-_REFETCH = (
-    "Delete it so that it is downloaded again (data.download=true), or restore it from a good copy."
-)
-
-
-def _check_files(dataset: str, root: Path, thorough: bool) -> None:
-    """Raise a one-line :class:`DataNotFoundError` for an expected file that is there but unusable.
-
-    Every file must be readable, and an idx file (MNIST family) must have the header and the
-    size of its kind; ``thorough`` also checks each CIFAR file against the release's md5
-    and that it unpickles (read in full: only once torchvision has refused the files).
-    """
-    cls = getattr(torchvision.datasets, dataset)
-    for path in expected_files(dataset, root):
-        if not path.exists():
-            continue
-        try:
-            with open(path, "rb") as handle:
-                header = handle.read(16)
-        except PermissionError:
-            raise DataNotFoundError(
-                f"{dataset} file {path} cannot be read: permission denied. Make it readable "
-                f"(chmod a+r {path}) or restore it from a good copy."
-            ) from None
-        except OSError as error:
-            raise DataNotFoundError(
-                f"{dataset} file {path} cannot be read ({error.strerror or error}). {_REFETCH}"
-            ) from None
-        if hasattr(cls, "resources"):
-            problem = _idx_problem(path, header, dataset)
-        elif thorough:
-            problem = _cifar_problem(cls, path, dataset)
-        else:
-            problem = None
-        if problem:
-            raise DataNotFoundError(f"{dataset} file {path} {problem}. {_REFETCH}")
-
-
-def _idx_problem(path: Path, header: bytes, dataset: str) -> str | None:
-    """What is wrong with the idx file at ``path`` (whose first bytes are ``header``), or None."""
-    kind = "images" if "-images-" in path.name else "labels"
-    split = path.name.split("-")[0]
-    size = path.stat().st_size
-    n_dims = IDX_MAGIC[kind] & 0xFF
-    header_size = 4 * (n_dims + 1)
-    if header[:2] == b"\x1f\x8b":
-        return (
-            f"is gzip-compressed, not an idx file: decompress it "
-            f"(mv {path} {path}.gz && gunzip {path}.gz)"
-        )
-    if size < 4:
-        return f"is {size} bytes long: too short for an idx file (truncated)"
-    magic = int.from_bytes(header[:4], "big")
-    other = "labels" if kind == "images" else "images"
-    if magic == IDX_MAGIC[other]:
-        return f"is an idx file of {other}, not of {kind} (files swapped or misnamed)"
-    if magic != IDX_MAGIC[kind]:
-        return (
-            f"is not an idx file of {kind}: its magic number is 0x{magic:08x} where "
-            f"0x{IDX_MAGIC[kind]:08x} is expected"
-        )
-    if size < header_size:
-        return f"is {size} bytes long: shorter than its {header_size}-byte header (truncated)"
-    dims = [int.from_bytes(header[4 * i : 4 * i + 4], "big") for i in range(1, n_dims + 1)]
-    expected = header_size + math.prod(dims)
-    if size != expected:
-        shape = " x ".join(str(d) for d in dims)
-        what = "truncated" if size < expected else "extra bytes at the end"
-        return (
-            f"is {size:,} bytes long where its header ({shape} {kind}) needs {expected:,} ({what})"
-        )
-    name = "training" if split == "train" else "test"
-    if dims[0] != IDX_EXAMPLES[split]:
-        return (
-            f"holds {dims[0]} {kind} where the {name} set of {dataset} has "
-            f"{IDX_EXAMPLES[split]} (a cut-down or different file)"
-        )
-    if kind == "images" and tuple(dims[1:]) != IDX_IMAGE_SIZE:
-        height, width = IDX_IMAGE_SIZE
-        return f"holds {dims[1]} x {dims[2]} images where {dataset} has {height} x {width}"
-    return None
-
-
-def _cifar_problem(cls, path: Path, dataset: str) -> str | None:
-    """What is wrong with the CIFAR file at ``path``, or None."""
-    md5 = dict(cls.train_list + cls.test_list + [(cls.meta["filename"], cls.meta["md5"])])
-    # The module's own function, as torchvision calls it (the tests accept any file there).
-    if not torchvision.datasets.cifar.check_integrity(str(path), md5[path.name]):
-        return (
-            f"does not match the md5 checksum of the {dataset} release "
-            f"({path.stat().st_size:,} bytes: damaged, truncated or another version)"
-        )
-    try:
-        with open(path, "rb") as handle:
-            entry = pickle.load(handle, encoding="latin1")
-    except Exception as error:  # noqa: BLE001 - any unpickling failure means a damaged file
-        return f"is not a pickled {dataset} file ({type(error).__name__}: {error})"
-    if not isinstance(entry, dict):
-        return f"is not a pickled {dataset} file (it holds a {type(entry).__name__}, not a dict)"
-    return None
-
-
-def _download(cls, dataset: str, root: Path, train: bool, download: bool):
-    files = "\n  ".join(
-        f"{p}" if p.exists() else f"{p} (missing)" for p in expected_files(dataset, root)
-    )
-    fix = (
-        f"Fix: point the data root at a folder holding these files, with `data.root=/path` "
-        f"or the environment variable {DATA_ENV_VAR}=/path, or run where the download can "
-        f"reach the internet with data.download=true."
-    )
-    if not download:
-        raise DataNotFoundError(
-            f"{dataset} not found under {root} and downloading is off (data.download=false).\n"
-            f"Expected files:\n  {files}\n{fix}"
-        )
-    try:
-        return cls(str(root), train=train, download=True)
-    except Exception as error:  # noqa: BLE001 - any download failure gets the same clear message
-        raise DataNotFoundError(
-            f"{dataset} not found under {root} and the download failed "
-            f"({type(error).__name__}: {error}).\nExpected files:\n  {files}\n{fix}"
-        ) from None
 
 
 def _carve(

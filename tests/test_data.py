@@ -12,7 +12,7 @@ import pytest
 import torch
 import torchvision
 
-from cl_bayes import data
+from cl_bayes import data, data_files
 from cl_bayes.errors import ConfigError, DataNotFoundError, UserError
 from tests.conftest import _write_tiny_cifar10, run_cli
 
@@ -254,7 +254,7 @@ def test_missing_data_names_the_folder_and_the_expected_files(tmp_path):
     assert str(tmp_path.resolve()) in message
     for name in ("train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         assert str(tmp_path.resolve() / "MNIST" / "raw" / name) in message
-    assert "data.root" in message and data.DATA_ENV_VAR in message
+    assert "data.root" in message and data_files.DATA_ENV_VAR in message
 
 
 def test_missing_cifar_files_are_named(tmp_path):
@@ -359,7 +359,7 @@ def test_other_damaged_idx_files(content, problem, tmp_path):
 
 def _make_unreadable(path: Path, monkeypatch) -> None:
     """Take read permission away from ``path``; where the tests run as root, which reads any
-    file whatever its mode, ``open`` in ``cl_bayes.data`` fails as it would for a user."""
+    file whatever its mode, ``open`` in ``cl_bayes.data_files`` fails as it would for a user."""
     path.chmod(0)
     if os.access(path, os.R_OK):
         real_open = builtins.open
@@ -369,7 +369,7 @@ def _make_unreadable(path: Path, monkeypatch) -> None:
                 raise PermissionError(13, "Permission denied", str(file))
             return real_open(file, *args, **kwargs)
 
-        monkeypatch.setattr(data, "open", denied, raising=False)
+        monkeypatch.setattr(data_files, "open", denied, raising=False)
 
 
 def test_an_unreadable_file_is_named(mnist_copy, data_root, monkeypatch):
