@@ -10,7 +10,7 @@ For each task ``t`` the loop in ``cl_bayes.run`` calls::
 
 logs ``method.epoch_metrics(model)`` beside each epoch's loss, and evaluates with
 ``method.predict(model, data)``: log-probabilities ``(batch, n_outputs)`` (``data.y`` unused),
-whose argmax is the prediction. ``training_data`` sees the tasks trained so far and never a
+whose argmax is the prediction (``samples=True``: one row of them per Monte Carlo sample). ``training_data`` sees the tasks trained so far and never a
 later one. Whatever a method keeps between tasks (anchors, Fisher information, memories,
 priors) lives on the method and goes through ``state_dict`` / ``load_state_dict`` so that
 checkpoints restore it exactly; state held as buffers of the model needs nothing more.
@@ -90,12 +90,17 @@ class Method:
         """Consolidate what was learnt on task ``task_id``."""
 
     @torch.no_grad()
-    def predict(self, model: nn.Module, data: LabelledData) -> Tensor:
+    def predict(self, model: nn.Module, data: LabelledData, samples: bool = False) -> Tensor:
         """Log-probabilities ``(batch, n_outputs)`` over the active outputs.
 
-        Each row's log-sum-exp is 0; the argmax is the prediction.
+        Each row's log-sum-exp is 0; the argmax is the prediction. With ``samples=True``,
+        the log-probabilities of each Monte Carlo sample, ``(n_samples, batch, n_outputs)``,
+        whose probabilities averaged over the first dimension are the predictive (what the
+        epistemic part of the uncertainty is computed from); a deterministic method has
+        one sample.
         """
-        return logits(model, data).log_softmax(dim=-1)
+        log_probabilities = logits(model, data).log_softmax(dim=-1)
+        return log_probabilities.unsqueeze(0) if samples else log_probabilities
 
     def epoch_metrics(self, model: nn.Module) -> dict[str, float]:
         """Numbers logged beside each epoch's loss (none by default; VCL: its KL term)."""

@@ -151,17 +151,25 @@ class VCL(Method):
         self._use_predictors(self._tune_on_coresets(model, task_id) if self.coreset_index else {})
 
     @torch.no_grad()
-    def predict(self, model: nn.Module, data: LabelledData) -> Tensor:
+    def predict(self, model: nn.Module, data: LabelledData, samples: bool = False) -> Tensor:
         """Log of the Monte Carlo predictive ``(batch, n_outputs)``.
 
         The class probabilities are averaged over ``predict_samples`` weight draws, then the
-        log is taken: ``log (1/S) sum_s softmax(f(x; w_s))``.
+        log is taken: ``log (1/S) sum_s softmax(f(x; w_s))``. With ``samples=True``, each
+        draw's log-probabilities, ``(predict_samples, batch, n_outputs)``.
         """
         if isinstance(data.head, int):
             model = self._predictor(model, data.head)
+        if samples:
+            return torch.cat(
+                [
+                    model(data.x, data.head, k)[..., : data.n_outputs].log_softmax(dim=-1)
+                    for k in _chunks(self.predict_samples, 10)
+                ]
+            )
         probabilities = torch.zeros(len(data), data.n_outputs, device=data.y.device)
-        for samples in _chunks(self.predict_samples, 10):
-            scores = model(data.x, data.head, samples)[..., : data.n_outputs]
+        for k in _chunks(self.predict_samples, 10):
+            scores = model(data.x, data.head, k)[..., : data.n_outputs]
             probabilities += scores.softmax(dim=-1).sum(dim=0)
         return (probabilities / self.predict_samples).log()
 

@@ -81,6 +81,25 @@ def test_predict_returns_log_probabilities(tmp_path, name, scenario):
 
 
 @pytest.mark.parametrize("name", METHODS)
+def test_predict_samples_average_to_the_predictive(tmp_path, name):
+    cfg = _config(tmp_path, name, "scenario=class")
+    torch.manual_seed(0)
+    sequence, scenario, model, method = _pieces(cfg)
+    _train_first_task(cfg, sequence, scenario, model, method)
+    data = scenario.labelled(sequence, 0, "test")
+    torch.manual_seed(0)
+    per_sample = method.predict(model, data, samples=True)
+    n_samples = per_sample.shape[0]
+    assert per_sample.shape == (n_samples, len(data), data.n_outputs) and n_samples >= 1
+    torch.testing.assert_close(
+        per_sample.logsumexp(dim=2), torch.zeros(n_samples, len(data)), atol=1e-5, rtol=0
+    )
+    # The same draws averaged in probability space are the method's predictive.
+    mean = per_sample.exp().mean(dim=0).log()
+    torch.testing.assert_close(mean, _predict(method, model, data), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", METHODS)
 def test_train_step_changes_the_parameters_and_returns_the_loss(tmp_path, name):
     cfg = _config(tmp_path, name)
     torch.manual_seed(0)
