@@ -1,13 +1,65 @@
-"""Summary metrics of a run and the human-readable report printed at its end."""
+"""Summary metrics of a run and the human-readable report printed at its end.
+
+:data:`SUMMARY_METRICS` is the one list of the summary metrics: the run report printed here,
+the W&B run summary (``cl_bayes.loggers.wandb``) and the leaderboard (``cl_bayes.report``) all
+read it. A new metric is one entry there, and its value computed in :func:`summarize`.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
 from cl_bayes import metrics
+
+
+@dataclass(frozen=True)
+class SummaryMetric:
+    """One metric of a run's ``summary``: its key there and how it is shown.
+
+    Attributes
+    ----------
+    key
+        Its key in the record's ``summary``, and in the W&B run summary.
+    label
+        Its name in the printed run report (``ACC=...``) and, with its unit, in the leaderboard's
+        column header (``ACC (%)``).
+    percent
+        Whether the value is a fraction shown in percent (times 100); else it is shown as it is.
+    fmt
+        Format specification of the shown number (after the scaling to percent).
+    always_shown
+        Whether the run report and every leaderboard table show it, as ``n/a`` where it is
+        missing; else only where a run has it (intransigence needs a joint reference run).
+    """
+
+    key: str
+    label: str
+    percent: bool = True
+    fmt: str = ".2f"
+    always_shown: bool = True
+
+    @property
+    def scale(self) -> float:
+        """What a value is multiplied by to be shown: 100 for a percentage, else 1."""
+        return 100.0 if self.percent else 1.0
+
+    def shown(self, value: float) -> str:
+        """``value`` in the metric's scale and number format, e.g. ``94.00`` for 0.94."""
+        return format(self.scale * value, self.fmt)
+
+
+# The summary metrics, in the order they are shown (formulas in cl_bayes/metrics.py).
+SUMMARY_METRICS = (
+    SummaryMetric("acc", "ACC"),
+    SummaryMetric("bwt", "BWT"),
+    SummaryMetric("forgetting", "Forgetting"),
+    SummaryMetric("fwt", "FWT"),
+    SummaryMetric("intransigence", "Intransigence", always_shown=False),
+)
 
 
 def summarize(
@@ -57,14 +109,28 @@ def format_report(record: dict[str, Any]) -> str:
         lines.append(f"{'after T' + str(i + 1):<8}" + "".join(f"{_pct(v):>8}" for v in row))
     summary = record["summary"]
     if summary:
-        names = [("ACC", "acc"), ("BWT", "bwt"), ("Forgetting", "forgetting"), ("FWT", "fwt")]
-        if "intransigence" in summary:
-            names.append(("Intransigence", "intransigence"))
-        lines.append(
-            "  ".join(f"{label}={_pct(summary.get(key)).strip()}" for label, key in names) + " (%)"
-        )
+        lines.append(metrics_line(summary))
     lines.append(
         f"train {sum(record['train_seconds']):.1f} s, eval {sum(record['eval_seconds']):.1f} s"
         f" | record: {record['record_path']}"
     )
     return "\n".join(lines)
+
+
+def metrics_line(summary: dict[str, Any]) -> str:
+    """``ACC=94.00  BWT=-2.00  ... (%)``: the summary metrics a run report shows.
+
+    The percentages come first, followed by one ``(%)``, then any others, each in its own
+    units; ``n/a`` where a metric is missing or not a number.
+    """
+    shown = [m for m in SUMMARY_METRICS if m.always_shown or m.key in summary]
+
+    def text(metric: SummaryMetric) -> str:
+        value = summary.get(metric.key)
+        missing = value is None or (isinstance(value, float) and math.isnan(value))
+        return f"{metric.label}={'n/a' if missing else metric.shown(value)}"
+
+    percent = [text(m) for m in shown if m.percent]
+    others = [text(m) for m in shown if not m.percent]
+    parts = ["  ".join(percent) + " (%)"] if percent else []
+    return "  ".join(parts + others)

@@ -14,9 +14,10 @@ the config wins over them. What it logs:
 - ``eval/acc_task_<j>`` for every task ``j`` seen so far and ``eval/average_accuracy``
   after every task, against ``task`` (numbered from 0, as in the record);
 - at the end: the accuracy matrix as ``accuracy_matrix`` (a table: row ``after_task`` i,
-  columns ``task_<j>``) and ``accuracy_heatmap`` (an image); ``acc``, ``bwt``,
-  ``forgetting``, ``fwt`` and ``intransigence`` (where defined), ``tasks_completed`` and
-  ``status`` in the run summary; the record JSON as an artifact of type ``run-record``.
+  columns ``task_<j>``) and ``accuracy_heatmap`` (an image); the summary metrics of
+  ``cl_bayes.summary.SUMMARY_METRICS`` (``acc``, ``bwt``, ...; where defined),
+  ``tasks_completed`` and ``status`` in the run summary; the record JSON as an artifact of
+  type ``run-record``.
 
 An online start that cannot reach W&B (no API key, no network, the server not answering
 within wandb's ``init_timeout``) starts the run offline in the same directory instead, with one
@@ -41,6 +42,7 @@ import numpy as np
 
 from cl_bayes.errors import ConfigError
 from cl_bayes.loggers.base import Logger
+from cl_bayes.summary import SUMMARY_METRICS
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,6 @@ MODES = ("online", "offline", "disabled")
 # What wandb accepts in WANDB_MODE (`wandb.Settings.mode`); `dryrun` is offline, `run` online.
 WANDB_MODES = (*MODES, "dryrun", "run", "shared")
 DEFAULT_PROJECT = "cl_bayes"
-SUMMARY_KEYS = ("acc", "bwt", "forgetting", "fwt", "intransigence")
 RECORD_ARTIFACT_TYPE = "run-record"
 MAX_GROUP_LENGTH = 128  # the W&B server's limit
 
@@ -309,10 +310,10 @@ def sweep_group() -> str | None:
 def summary_metrics(record: dict[str, Any]) -> dict[str, Any]:
     """The record's summary metrics that are defined, with its status and tasks completed."""
     summary = {"status": record["status"], "tasks_completed": record["tasks_completed"]}
-    for key in SUMMARY_KEYS:
-        value = record["summary"].get(key)
+    for metric in SUMMARY_METRICS:
+        value = record["summary"].get(metric.key)
         if value is not None and math.isfinite(value):
-            summary[key] = float(value)
+            summary[metric.key] = float(value)
     return summary
 
 

@@ -1,0 +1,193 @@
+"""Aggregates of each group: means and sample standard deviations, the ranking, the sections.
+
+Pure functions of the grouped records: nothing here reads files or draws.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from cl_bayes.report.groups import GroupKey, group_name
+from cl_bayes.report.settings import distinguishing_settings
+from cl_bayes.summary import SUMMARY_METRICS
+
+# Summary entries that are not metrics to average.
+NOT_METRICS = {"tasks", "average_accuracy"}
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation (``ddof=1``) of ``n`` values.
+
+    ``mean`` is ``None`` when ``n == 0``; ``std`` is ``None`` when ``n < 2``.
+    """
+
+    mean: float | None
+    std: float | None
+    n: int
+
+
+@dataclass(frozen=True)
+class GroupSummary:
+    """The completed runs of one group and their aggregates.
+
+    ``stats`` maps a ``summary`` key to its :class:`Stat` over the runs, in the record's units
+    (accuracies as fractions). ``mean_matrix`` is the ``(T, T)`` mean accuracy matrix, ``nan``
+    where unmeasured; ``average_accuracy`` holds the mean and std (``None`` for one run) of the
+    average accuracy after each task, shape ``(T,)``. Both are ``None`` when the runs differ in
+    their number of tasks. ``show_config`` is true where other groups share the key's task,
+    scenario, method and protocol, so that the configuration fingerprint tells them apart;
+    ``settings`` then names the settings in which this group's configuration differs from
+    theirs (:func:`distinguishing_settings`).
+    """
+
+    key: GroupKey
+    run_ids: tuple[str, ...]
+    stats: dict[str, Stat]
+    train_seconds: Stat
+    mean_matrix: np.ndarray | None
+    average_accuracy: tuple[np.ndarray, np.ndarray | None] | None
+    show_config: bool = False
+    settings: str = ""
+
+    @property
+    def n(self) -> int:
+        """Number of runs."""
+        return len(self.run_ids)
+
+    @property
+    def protocol_label(self) -> str:
+        """The protocol, with the configuration fingerprint where it is needed."""
+        if self.show_config:
+            settings = f": {self.settings}" if self.settings else ""
+            return f"{self.key.protocol} (config {self.key.config}{settings})"
+        return self.key.protocol
+
+    @property
+    def label(self) -> str:
+        """Method and protocol, as plots name the group."""
+        return f"{self.key.method} · {self.protocol_label}"
+
+
+def is_number(value: Any) -> bool:
+    """A finite int or float (not a bool, not ``None``, not NaN)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def mean_std(values: Iterable[Any]) -> Stat:
+    """Mean and sample std (``ddof=1``) of the numbers among ``values`` (others are ignored)."""
+    numbers = np.array([float(v) for v in values if is_number(v)])
+    if len(numbers) == 0:
+        return Stat(None, None, 0)
+    std = float(numbers.std(ddof=1)) if len(numbers) > 1 else None
+    return Stat(float(numbers.mean()), std, len(numbers))
+
+
+def mean_matrix(matrices: Sequence[Any]) -> np.ndarray | None:
+    """Element-wise mean of accuracy matrices over the runs, ignoring unmeasured (``null``) cells.
+
+    Returns the ``(T, T)`` mean, ``nan`` where no run measured the cell, or ``None`` when the
+    matrices are not all square of one size.
+    """
+    arrays = [np.array(m, dtype=float) for m in matrices]
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1 or len(arrays[0].shape) != 2 or len(set(arrays[0].shape)) != 1:
+        return None
+    stack = np.stack(arrays)
+    measured = ~np.isnan(stack)
+    counts = measured.sum(axis=0)
+    sums = np.where(measured, stack, 0.0).sum(axis=0)
+    return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def mean_curve(curves: Sequence[Any]) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """Mean and sample std (``None`` for one run) over runs of a per-task curve, shape ``(T,)``.
+
+    ``None`` when a curve is missing or the curves differ in length.
+    """
+    if any(not isinstance(c, list) or not all(is_number(v) for v in c) for c in curves):
+        return None
+    if len({len(c) for c in curves}) != 1 or not curves[0]:
+        return None
+    stack = np.array(curves, dtype=float)
+    std = stack.std(axis=0, ddof=1) if len(stack) > 1 else None
+    return stack.mean(axis=0), std
+
+
+def aggregate(
+    key: GroupKey, runs: Sequence[dict[str, Any]], show_config: bool = False, settings: str = ""
+) -> GroupSummary:
+    """Summary of the completed ``runs`` of group ``key`` (see :class:`GroupSummary`)."""
+    runs = sorted(runs, key=lambda r: str(r["run_id"]))
+    summaries = [r["summary"] for r in runs]
+    keys = {m.key for m in SUMMARY_METRICS} | {
+        k for s in summaries for k, v in s.items() if is_number(v) and k not in NOT_METRICS
+    }
+    return GroupSummary(
+        key=key,
+        run_ids=tuple(str(r["run_id"]) for r in runs),
+        stats={k: mean_std(s.get(k) for s in summaries) for k in sorted(keys)},
+        train_seconds=mean_std(total_seconds(r.get("train_seconds")) for r in runs),
+        mean_matrix=mean_matrix([r["accuracy_matrix"] for r in runs]),
+        average_accuracy=mean_curve([s.get("average_accuracy") for s in summaries]),
+        show_config=show_config,
+        settings=settings,
+    )
+
+
+def total_seconds(seconds: Any) -> float | None:
+    """Sum of a per-task list of seconds, or ``None`` when it is not such a list."""
+    if not isinstance(seconds, list) or not all(is_number(s) for s in seconds):
+        return None
+    return float(sum(seconds))
+
+
+def rank_key(group: GroupSummary) -> tuple:
+    """Sort key: task, scenario, mean ACC descending (missing last), method, protocol, config."""
+    acc = group.stats["acc"].mean
+    return (group.key.task, group.key.scenario, acc is None, -(acc or 0.0), *group.key[2:])
+
+
+def summarize_groups(groups: dict[GroupKey, list[dict[str, Any]]]) -> list[GroupSummary]:
+    """Aggregate every group, in leaderboard order (see :func:`rank_key`).
+
+    A group shows its configuration fingerprint, and the settings that tell it apart, where
+    another group has the same task, scenario, method and protocol.
+    """
+    siblings: dict[tuple[str, ...], list[GroupKey]] = defaultdict(list)
+    for key in groups:
+        siblings[tuple(key[:-1])].append(key)
+    settings: dict[GroupKey, str] = {}
+    for keys in siblings.values():
+        if len(keys) > 1:
+            configs = [groups[key][0].get("config") for key in keys]
+            settings.update(zip(keys, distinguishing_settings(configs), strict=True))
+    summaries = (
+        aggregate(k, runs, k in settings, settings.get(k, "")) for k, runs in groups.items()
+    )
+    return sorted(summaries, key=rank_key)
+
+
+def sections(
+    groups: Sequence[GroupSummary],
+) -> list[tuple[tuple[str, str], list[GroupSummary]]]:
+    """Ranked ``groups`` split into one list per (task, scenario), keeping their order."""
+    by_section: dict[tuple[str, str], list[GroupSummary]] = {}
+    for group in groups:
+        by_section.setdefault((group.key.task, group.key.scenario), []).append(group)
+    return list(by_section.items())
+
+
+def group_warnings(group: GroupSummary) -> list[str]:
+    """What a reader of ``group``'s numbers should know: mixed numbers of tasks."""
+    if group.mean_matrix is None or group.average_accuracy is None:
+        return [
+            f"{group_name(group.key)} mixes runs of different numbers of tasks (or lacks their "
+            "accuracy curves): its accuracy matrix and curve are left out of the plots"
+        ]
+    return []

@@ -1,0 +1,116 @@
+"""Which completed runs are averaged together, and which are listed apart.
+
+A group is the runs of one task sequence, scenario, method, protocol and configuration
+(:class:`GroupKey`); of several runs of one seed in a group, only the newest is averaged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Sequence
+
+from cl_bayes.record import experiment_config
+
+
+class GroupKey(NamedTuple):
+    """What makes runs comparable: task sequence, scenario, method, protocol, configuration.
+
+    ``config`` is the fingerprint of the record's configuration (:func:`config_fingerprint`).
+    """
+
+    task: str
+    scenario: str
+    method: str
+    protocol: str
+    config: str
+
+
+@dataclass(frozen=True)
+class NotAveraged:
+    """A run listed apart from the tables: its record, the status shown and why."""
+
+    record: dict[str, Any]
+    status: str
+    reason: str
+
+
+def config_fingerprint(config: Any) -> str:
+    """First 6 hex digits of the SHA-1 of :func:`experiment_config` as sorted JSON.
+
+    ``none`` for a record without a ``config`` object.
+    """
+    if not isinstance(config, dict):
+        return "none"
+    text = json.dumps(experiment_config(config), sort_keys=True)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:6]
+
+
+def group_key(record: dict[str, Any]) -> GroupKey:
+    """The group a completed record belongs to."""
+    names = GroupKey._fields[:-1]
+    return GroupKey(*(str(record[n]) for n in names), config_fingerprint(record.get("config")))
+
+
+def group_name(key: GroupKey) -> str:
+    """``task/scenario/method/protocol/config``, as warnings name a group."""
+    return "/".join(key)
+
+
+def group_runs(records: Sequence[dict[str, Any]]) -> dict[GroupKey, list[dict[str, Any]]]:
+    """Completed ``records`` by :class:`GroupKey`, in the order the records come."""
+    groups: dict[GroupKey, list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        groups[group_key(record)].append(record)
+    return dict(groups)
+
+
+def newest(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The run updated last: greatest ``updated_at``, then greatest ``run_id``.
+
+    ``updated_at`` is ISO 8601 in UTC (``cl_bayes.record.utc_now``), so its text sorts by time.
+    """
+    return max(runs, key=lambda r: (str(r.get("updated_at") or ""), str(r["run_id"])))
+
+
+def drop_repeated_seeds(
+    groups: dict[GroupKey, list[dict[str, Any]]],
+) -> tuple[dict[GroupKey, list[dict[str, Any]]], list[NotAveraged]]:
+    """Per group, one run per seed: the :func:`newest`; the others are ``superseded``.
+
+    Runs without a seed are all kept. Returns the groups (runs in their order) and the
+    superseded runs, each with a reason naming the run kept in its place.
+    """
+    kept_groups, superseded = {}, []
+    for key, runs in groups.items():
+        by_seed: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for run in runs:
+            if run.get("seed") is not None:
+                by_seed[json.dumps(run["seed"])].append(run)
+        dropped = set()
+        for seed, same_seed in by_seed.items():
+            kept = newest(same_seed)
+            for run in same_seed:
+                if run is not kept:
+                    dropped.add(id(run))
+                    reason = f"seed {seed} run again: the newer run {kept['run_id']} is averaged"
+                    superseded.append(NotAveraged(run, "superseded", reason))
+        kept_groups[key] = [run for run in runs if id(run) not in dropped]
+    return kept_groups, superseded
+
+
+def not_averaged(
+    incomplete: Sequence[dict[str, Any]], superseded: Sequence[NotAveraged]
+) -> list[NotAveraged]:
+    """The runs listed apart, sorted by run id.
+
+    The reason of an ``incomplete`` run is the first line of its error (``–`` if none); the
+    ``superseded`` runs keep theirs.
+    """
+    runs = [*superseded]
+    for r in incomplete:
+        error = (str(r.get("error") or "").strip().splitlines() or ["–"])[0]
+        runs.append(NotAveraged(r, str(r["status"]), error))
+    return sorted(runs, key=lambda run: str(run.record["run_id"]))

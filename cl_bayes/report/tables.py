@@ -1,0 +1,128 @@
+"""The tables' cell texts, shared by the Markdown and the HTML leaderboards."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from cl_bayes.report.aggregate import GroupSummary, Stat
+from cl_bayes.report.groups import NotAveraged
+from cl_bayes.summary import SUMMARY_METRICS, SummaryMetric
+
+SCENARIO_NAMES = {
+    "task": "task-incremental",
+    "domain": "domain-incremental",
+    "class": "class-incremental",
+}
+# The output layer every method of a scenario trains: one head per task only where the task
+# identity is given (trained multi-head, not a single head with masked outputs).
+HEAD_TYPES = {"task": "multi-head", "domain": "single head", "class": "single head"}
+
+
+def in_prose(metric: SummaryMetric) -> str:
+    """The metric's name in a sentence: an acronym (``ACC``) as it is, a word in lower case."""
+    return metric.label if metric.label.isupper() else metric.label.lower()
+
+
+def enumeration(names: Sequence[str]) -> str:
+    """``a, b and c``."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+LEGEND = (
+    "A row is a group: the completed runs of one task, scenario, method, protocol and "
+    "configuration (where one protocol was run with different settings, its fingerprint is "
+    "shown, with the settings that differ: (config …: key=value)). Mean ± sample standard "
+    "deviation over the runs of the group, one per seed (the newest where a seed was run "
+    "again); n: number of runs; – in place of the std where a group has a single run. "
+    f"{enumeration([in_prose(m) for m in SUMMARY_METRICS if m.percent])} in % (formulas in "
+    "cl_bayes/metrics.py); n/a: not applicable. Failed, interrupted, running and superseded "
+    "runs are listed apart and never averaged in."
+)
+
+
+@dataclass(frozen=True)
+class Table:
+    """Header, rows of cell texts, and which columns hold numbers (right-aligned)."""
+
+    header: list[str]
+    rows: list[list[str]]
+    numeric: list[bool]
+
+
+def format_stat(stat: Stat | None, metric: SummaryMetric, n_runs: int) -> str:
+    """``mean ± std`` in the metric's scale; ``–`` for the std of one value; ``n/a`` if none."""
+    if stat is None or stat.mean is None:
+        return "n/a"
+    mean = metric.shown(stat.mean)
+    std = "–" if stat.std is None else metric.shown(stat.std)
+    text = f"{mean} ± {std}"
+    return text if stat.n == n_runs else f"{text} (n={stat.n})"
+
+
+def format_duration(stat: Stat) -> str:
+    """Mean ± std of a time in seconds, as seconds below two minutes, else minutes."""
+    if stat.mean is None:
+        return "n/a"
+    unit, scale = ("s", 1.0) if stat.mean < 120 else ("min", 1 / 60)
+    std = "–" if stat.std is None else f"{scale * stat.std:.1f}"
+    return f"{scale * stat.mean:.1f} ± {std} {unit}"
+
+
+def column_label(metric: SummaryMetric) -> str:
+    """A metric's column header: its label, with ``(%)`` for a percentage."""
+    return f"{metric.label} (%)" if metric.percent else metric.label
+
+
+def shown_metrics(groups: Sequence[GroupSummary]) -> list[SummaryMetric]:
+    """The always-shown metrics, then every other one that some group has a value of."""
+    known = {m.key for m in SUMMARY_METRICS}
+    present = {k for g in groups for k, stat in g.stats.items() if stat.n > 0}
+    extra = sorted(present - known)
+    return [m for m in SUMMARY_METRICS if m.always_shown or m.key in present] + [
+        SummaryMetric(key, key, percent=False, fmt=".4g") for key in extra
+    ]
+
+
+def leaderboard_table(groups: Sequence[GroupSummary]) -> Table:
+    """One row per group, in the given (ranked) order."""
+    metrics = shown_metrics(groups)
+    header = [
+        "#",
+        "Method",
+        "Protocol",
+        "n",
+        *(column_label(m) for m in metrics),
+        "Train time / run",
+    ]
+    rows = [
+        [
+            str(rank),
+            g.key.method,
+            g.protocol_label,
+            str(g.n),
+            *(format_stat(g.stats.get(m.key), m, g.n) for m in metrics),
+            format_duration(g.train_seconds),
+        ]
+        for rank, g in enumerate(groups, start=1)
+    ]
+    numeric = [True, False, False, True, *(True for _ in metrics), True]
+    return Table(header, rows, numeric)
+
+
+def not_averaged_table(runs: Sequence[NotAveraged]) -> Table:
+    """Runs not averaged in: id, status, tasks completed, protocol, reason."""
+    rows = []
+    for run in runs:
+        r = run.record
+        done = f"{r.get('tasks_completed', '?')}/{r.get('n_tasks', '?')}"
+        reason = run.reason if len(run.reason) <= 160 else run.reason[:159] + "…"
+        rows.append([str(r["run_id"]), run.status, done, str(r.get("protocol")), reason])
+    header = ["Run", "Status", "Tasks completed", "Protocol", "Reason"]
+    return Table(header, rows, [False, False, True, False, False])
+
+
+def section_title(task: str, scenario: str) -> str:
+    """``split_mnist · task-incremental (multi-head)``: the scenario and its head type."""
+    title = f"{task} · {SCENARIO_NAMES.get(scenario, scenario)}"
+    return f"{title} ({HEAD_TYPES[scenario]})" if scenario in HEAD_TYPES else title

@@ -1,0 +1,45 @@
+"""The HTML leaderboard: one self-contained page with its plots as inline PNG images."""
+
+from __future__ import annotations
+
+import base64
+from html.parser import HTMLParser
+
+from tests.report.sample_records import generate, make_record, three_seeds
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class PageParser(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images: list[str] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+
+def test_html_is_self_contained_with_base64_png_plots(tmp_path):
+    records = [
+        *three_seeds("p"),
+        *three_seeds("q"),
+        make_record("c0", 0.5, scenario="class"),
+        make_record("f", status="failed"),
+    ]
+    _, page = generate(tmp_path, *records)
+    parser = PageParser()
+    parser.feed(page)
+    parser.close()
+    # Two tables with 2 + 1 groups: 3 heatmaps + 2 x (average accuracy, forgetting).
+    assert len(parser.images) >= 3 + 2 * 2
+    for src in parser.images:
+        prefix = "data:image/png;base64,"
+        assert src.startswith(prefix)
+        assert base64.b64decode(src[len(prefix) :], validate=True).startswith(PNG_SIGNATURE)
+    assert parser.tags.count("table") == 3  # two leaderboards and the failed runs
+    assert "style" in parser.tags
+    assert "script" not in parser.tags and "link" not in parser.tags
+    assert "94.00 ± 4.00" in page
