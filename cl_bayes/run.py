@@ -29,10 +29,11 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from cl_bayes import checkpoint
+from cl_bayes import checkpoint, metrics
 from cl_bayes.config import check_config, instantiate
 from cl_bayes.data import LabelledData, TaskSequence
 from cl_bayes.errors import ConfigError, TrainingDiverged
+from cl_bayes.evaluation import MATRICES, detection_auroc, evaluate, unseen_scores
 from cl_bayes.loggers.base import Logger
 from cl_bayes.methods.base import Method
 from cl_bayes.record import (
@@ -97,9 +98,10 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     if state is None:
         record = _new_record(cfg, sequence, scenario, method_name, device, T)
         R = np.full((T, T), np.nan)
+        _add_uncertainty_entries(record, T)
         # Untrained-model accuracy, the FWT baseline: only where FWT applies.
         record["baseline_accuracy"] = [
-            evaluate(method, model, eval_sets[j], scenario.n_outputs(sequence, j))
+            evaluate(method, model, eval_sets[j], scenario.n_outputs(sequence, j)).accuracy
             if not scenario.has_untrained_heads
             else None
             for j in range(T)
@@ -107,6 +109,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     else:
         record = state["record"]
         R = np.array(state["accuracy_matrix"], dtype=float)
+        _add_uncertainty_entries(record, T)  # a checkpoint written before they were measured
         model.load_state_dict(state["model"])
         method.load_state_dict(state["method"])
         checkpoint.set_rng_state(state["rng"])
@@ -150,8 +153,24 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
             # Tasks not yet trained are tested only where their outputs are shared and
             # trained (domain-incremental); elsewhere R[t, j > t] stays unmeasured (NaN).
             tested = range(T) if not scenario.has_untrained_heads else range(t + 1)
-            for j in tested:
-                R[t, j] = evaluate(method, model, eval_sets[j], n_outputs)
+            evaluations = {j: evaluate(method, model, eval_sets[j], n_outputs) for j in tested}
+            for j, result in evaluations.items():
+                R[t, j] = result.accuracy
+                for name, value in result.matrix_entries().items():
+                    record["uncertainty"][name][t][j] = value
+            record["reliability_bins"].append(
+                metrics.pool_bins([evaluations[j].bins for j in range(t + 1)])
+            )
+            if t + 1 < T:
+                # Unseen-task detection: the next task's data against the seen tasks' data.
+                unseen = (
+                    evaluations[t + 1].scores
+                    if t + 1 in evaluations
+                    else unseen_scores(method, model, eval_sets[t + 1], eval_sets[t])
+                )
+                seen = [evaluations[j].scores for j in range(t + 1)]
+                for name, value in detection_auroc(seen, unseen).items():
+                    record["unseen_auroc"][name].append(value)
             record["eval_seconds"].append(time.perf_counter() - started)
             record["tasks_completed"] = t + 1
             log.info(
@@ -257,23 +276,6 @@ class EpochMetrics(Mapping[str, float]):
         return len(self._read())
 
 
-@torch.no_grad()
-def evaluate(
-    method: Method, model: torch.nn.Module, data: LabelledData, n_outputs: int, chunk: int = 10000
-) -> float:
-    """Accuracy (fraction correct) of ``method``'s predictions over the first ``n_outputs``.
-
-    The prediction is the argmax of ``method.predict``'s log-probabilities.
-    """
-    model.eval()
-    data = LabelledData(data.x, data.y, data.head, n_outputs)
-    correct = 0
-    for start in range(0, len(data), chunk):
-        part = data.subset(torch.arange(start, min(start + chunk, len(data)), device=data.y.device))
-        correct += (method.predict(model, part).argmax(dim=1) == part.y).sum().item()
-    return correct / max(len(data), 1)
-
-
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when available, else the CPU."""
     if name == "auto":
@@ -314,6 +316,22 @@ def _new_record(cfg, sequence, scenario, method_name, device, T) -> dict[str, An
         "versions": versions(),
         "started_at": utc_now(),
     }
+
+
+def _add_uncertainty_entries(record: dict[str, Any], T: int) -> None:
+    """The record's uncertainty measures, to be filled after each task, where not there yet.
+
+    ``uncertainty``: a ``(T, T)`` matrix per measure of :data:`~cl_bayes.evaluation.MATRICES`,
+    laid out as R; ``reliability_bins``: per row, the bins of tasks ``0 .. i`` pooled;
+    ``unseen_auroc``: per row but the last, the AUROC of detecting task ``i + 1``'s data.
+    Rows completed before (a run resumed from an older checkpoint) stay unmeasured.
+    """
+    done = record["tasks_completed"]
+    record.setdefault("uncertainty", {name: np.full((T, T), np.nan).tolist() for name in MATRICES})
+    record.setdefault("reliability_bins", [None] * done)
+    record.setdefault(
+        "unseen_auroc", {name: [np.nan] * done for name in ("entropy", "mutual_information")}
+    )
 
 
 def _completed(run_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
