@@ -32,6 +32,16 @@ def average_accuracy(R: ArrayLike) -> np.ndarray:
     return np.array([R[i, : i + 1].mean() for i in range(len(R))])
 
 
+def seen_task_means(M: ArrayLike) -> np.ndarray:
+    """Mean of each row's seen tasks, ``mean(M[i, 0..i])``, for any matrix laid out as R.
+
+    Shape ``(T,)``; ``nan`` for a row whose seen entries were not measured.
+    """
+    M = _matrix(M)
+    rows = [M[i, : i + 1] for i in range(len(M))]
+    return np.array([np.nan if np.isnan(r).any() else r.mean() for r in rows])
+
+
 def acc(R: ArrayLike) -> float:
     """ACC: mean accuracy over all tasks after the last one, ``mean(R[T-1, :])``."""
     return float(_matrix(R)[-1].mean())

@@ -129,7 +129,12 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
             error=error,
             accuracy_matrix=R.tolist(),
             summary=summarize(
-                R[:k], record["baseline_accuracy"], not scenario.has_untrained_heads, joint_R
+                R[:k],
+                record["baseline_accuracy"],
+                not scenario.has_untrained_heads,
+                joint_R,
+                record["uncertainty"],
+                record["unseen_auroc"],
             ),
             peak_memory_mb=peak_memory_mb(device, memory_scope),
             updated_at=utc_now(),

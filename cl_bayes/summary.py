@@ -34,6 +34,9 @@ class SummaryMetric:
     always_shown
         Whether the run report and every leaderboard table show it, as ``n/a`` where it is
         missing; else only where a run has it (intransigence needs a joint reference run).
+    calibration
+        Whether it measures the predictive's calibration or uncertainty rather than accuracy
+        (the leaderboard's legend explains those apart).
     """
 
     key: str
@@ -41,6 +44,7 @@ class SummaryMetric:
     percent: bool = True
     fmt: str = ".2f"
     always_shown: bool = True
+    calibration: bool = False
 
     @property
     def scale(self) -> float:
@@ -59,7 +63,21 @@ SUMMARY_METRICS = (
     SummaryMetric("forgetting", "Forgetting"),
     SummaryMetric("fwt", "FWT"),
     SummaryMetric("intransigence", "Intransigence", always_shown=False),
+    # Calibration of the predictive over the seen tasks after the last one (mean of the last
+    # row) and unseen-task detection (mean over the rows); see cl_bayes/evaluation.py. Shown
+    # where a run has them (records written before they were measured do not).
+    SummaryMetric("ece", "ECE", always_shown=False, calibration=True),
+    SummaryMetric("nll", "NLL", percent=False, fmt=".3f", always_shown=False),
+    SummaryMetric("brier", "Brier", percent=False, fmt=".3f", always_shown=False),
+    SummaryMetric("unseen_auroc", "Unseen AUROC", percent=False, fmt=".3f", always_shown=False),
+    SummaryMetric(
+        "unseen_auroc_mi", "Unseen AUROC (MI)", percent=False, fmt=".3f", always_shown=False
+    ),
 )
+
+# The per-task measures summarised as the mean of each row's seen tasks (``<name>_after_task``)
+# and of the last row (``<name>``): cl_bayes.evaluation.MATRICES.
+ROW_MEANS = ("nll", "brier", "ece", "entropy", "mutual_information")
 
 
 def summarize(
@@ -67,10 +85,19 @@ def summarize(
     baseline: Sequence[float],
     fwt_applies: bool,
     joint_R: np.ndarray | None = None,
+    uncertainty: dict[str, Any] | None = None,
+    unseen_auroc: dict[str, Sequence[float]] | None = None,
 ) -> dict[str, Any]:
     """Summary metrics over the tasks completed so far (``R`` is ``(k, T)``, rows 0..k-1).
 
     With ``k < T`` (a run that stopped early) the metrics cover tasks ``0 .. k-1`` only.
+    ``uncertainty`` holds the record's ``(T, T)`` matrices of per-task calibration and
+    uncertainty; each is summarised by the mean over the seen tasks of every row
+    (``<name>_after_task``) and, for those in :data:`SUMMARY_METRICS`, of the last
+    (``<name>``). ``unseen_auroc`` holds, per measure, the detection AUROC after each task but
+    the last; their mean is ``unseen_auroc``
+    (predictive entropy) and ``unseen_auroc_mi`` (mutual information, sampling methods).
+    Measures never measured (``nan`` throughout) are left out.
     """
     k = R.shape[0]
     if k == 0:
@@ -86,6 +113,19 @@ def summarize(
     }
     if joint_R is not None:
         summary["intransigence"] = metrics.intransigence(done, np.asarray(joint_R)[:k, :k])
+    for name in ROW_MEANS:
+        matrix = (uncertainty or {}).get(name)
+        if matrix is None:
+            continue
+        rows = metrics.seen_task_means(np.asarray(matrix, dtype=float)[:k, :k])
+        if not np.isnan(rows).all():
+            summary[f"{name}_after_task"] = rows.tolist()
+            if any(m.key == name for m in SUMMARY_METRICS):
+                summary[name] = float(rows[-1])
+    for key, name in (("unseen_auroc", "entropy"), ("unseen_auroc_mi", "mutual_information")):
+        values = np.asarray((unseen_auroc or {}).get(name, [])[: k - 1], dtype=float)
+        if len(values) and not np.isnan(values).all():
+            summary[key] = float(np.nanmean(values))
     return summary
 
 

@@ -29,13 +29,14 @@ def enumeration(names: Sequence[str]) -> str:
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
+ACCURACY_METRICS = [m for m in SUMMARY_METRICS if m.percent and not m.calibration]
 LEGEND = (
     "A row is a group: the completed runs of one task, scenario, method, protocol and "
     "configuration (where one protocol was run with different settings, its fingerprint is "
     "shown, with the settings that differ: (config …: key=value)). Mean ± sample standard "
     "deviation over the runs of the group, one per seed (the newest where a seed was run "
     "again); n: number of runs; – in place of the std where a group has a single run. "
-    f"{enumeration([in_prose(m) for m in SUMMARY_METRICS if m.percent])} in % (formulas in "
+    f"{enumeration([in_prose(m) for m in ACCURACY_METRICS])} in % (formulas in "
     "cl_bayes/metrics.py); n/a: not applicable. Failed, interrupted, running and superseded "
     "runs are listed apart and never averaged in."
 )
