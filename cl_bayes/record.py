@@ -35,7 +35,11 @@ NOT_FINGERPRINTED_TOP = frozenset({"seed", "hydra"})
 # Options added after records were first written, with the value every earlier run had: a
 # record without the option and one with this value ran the same experiment, so the
 # fingerprint leaves the option out when it has this value.
-ADDED_OPTIONS = {("model", "sampling"): "local", ("train", "steps"): None}
+ADDED_OPTIONS = {
+    ("model", "sampling"): "local",
+    ("train", "steps"): None,
+    ("method", "steps"): None,
+}
 
 
 def utc_now() -> str:

@@ -26,7 +26,8 @@ class CoresetOnly(VCL):
 
     Parameters
     ----------
-    epochs, batch_size, optimizer, beta, train_samples, predict_samples, coreset_method, progress
+    epochs, batch_size, optimizer, beta, train_samples, predict_samples, coreset_method, progress,
+    steps
         As for :class:`~cl_bayes.methods.vcl.VCL`; they set the coreset training.
     coreset_size
         Coreset examples per task (must be positive: the coresets are all this method sees).
@@ -43,6 +44,7 @@ class CoresetOnly(VCL):
         coreset_size: int = 200,
         coreset_method: str = "random",
         progress: bool = True,
+        steps: int | None = None,
     ):
         if coreset_size < 1:
             raise ConfigError(
@@ -59,6 +61,7 @@ class CoresetOnly(VCL):
             coreset_method=coreset_method,
             ml_init=False,
             progress=progress,
+            steps=steps,
         )
 
     def training_data(self, task_id: int, seen: Sequence[LabelledData]) -> LabelledData:

@@ -39,10 +39,11 @@ class VCL(Method):
 
     Parameters
     ----------
-    epochs, batch_size, optimizer
+    epochs, batch_size, optimizer, steps
         Schedule of the first task's maximum-likelihood start and of coreset fine-tuning
         (the run's own schedule; ``batch_size=None`` is full batch; ``optimizer`` is a
-        partial taking the parameters).
+        partial taking the parameters; ``steps``, where set, counts optimisation steps
+        instead of epochs, as ``train.steps`` does).
     beta
         Weight of the KL term (1 = VCL; < 1 = GVCL's tempered posterior).
     train_samples, predict_samples
@@ -76,6 +77,7 @@ class VCL(Method):
         ml_init: bool = True,
         start_from: str = "posterior",
         progress: bool = True,
+        steps: int | None = None,
     ):
         if coreset_method not in CORESET_METHODS:
             raise ConfigError(
@@ -95,6 +97,7 @@ class VCL(Method):
         self.train_samples, self.predict_samples = train_samples, predict_samples
         self.coreset_size, self.coreset_method = coreset_size, coreset_method
         self.ml_init, self.start_from, self.progress = ml_init, start_from, progress
+        self.steps = steps
         self.coreset_index: dict[int, Tensor] = {}
         self.seen_heads: list[int] = []
         self._train_sets: Sequence[LabelledData] = ()
@@ -254,7 +257,17 @@ class VCL(Method):
     def _fit(self, model: nn.Module, data: LabelledData, loss, label: str) -> None:
         optimizer = self.optimizer(model.parameters())
         step = partial(plain_step, loss)
-        fit(model, data, step, optimizer, self.epochs, self.batch_size, label, self.progress)
+        fit(
+            model,
+            data,
+            step,
+            optimizer,
+            self.epochs,
+            self.batch_size,
+            label,
+            self.progress,
+            steps=self.steps,
+        )
 
 
 def _chunks(total: int, size: int) -> list[int]:

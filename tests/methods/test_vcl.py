@@ -3,6 +3,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+import cl_bayes.methods.vcl
 import cl_bayes.run
 from cl_bayes.data import LabelledData
 from cl_bayes.errors import ConfigError
@@ -232,3 +233,24 @@ def test_vcl_trains_a_bayesian_cnn_on_split_cifar10_files(tiny_cfg, tiny_cifar10
     assert record["status"] == "completed"
     matrix = np.array(record["accuracy_matrix"], dtype=float)
     assert np.isfinite(np.diag(matrix)).all() and np.isfinite(matrix[1]).all()
+
+
+def test_the_maximum_likelihood_start_follows_train_steps(compose_cfg, monkeypatch):
+    # A protocol counted in steps (train.steps) starts VCL's first task from a network
+    # trained for that many steps too, not for train.epochs.
+    cfg = compose_cfg("method=vcl", "train.steps=7", "train.epochs=50", "train.batch_size=16")
+    method = instantiate(cfg.method)
+    assert method.steps == 7
+    tasks = _tasks(n_tasks=1)
+    model = BayesMLP(6, [8], [2])
+    taken = []
+    step = cl_bayes.methods.vcl.plain_step
+
+    def counting_step(*args):
+        taken.append(1)
+        return step(*args)
+
+    monkeypatch.setattr(cl_bayes.methods.vcl, "plain_step", counting_step)
+    method.training_data(0, tasks)
+    method.before_task(model, 0, tasks[0])
+    assert len(taken) == 7
