@@ -47,6 +47,12 @@ class MLP(nn.Module):
         Width of each hidden layer, e.g. ``[256, 256]``.
     head_sizes
         Outputs of each head: one head per task (task-incremental) or a single shared head.
+    dropout
+        Probability of zeroing each hidden unit, after every hidden layer's ReLU (never on
+        the inputs), while the model is in training mode (Srivastava et al., JMLR 2014);
+        0.5 is Gal & Ghahramani's (ICML 2016) rate for classification. 0, the default, drops
+        nothing: the outputs, parameters and random draws are those of the network without
+        dropout.
     """
 
     def __init__(
@@ -54,6 +60,7 @@ class MLP(nn.Module):
         input_shape: int | Sequence[int],
         hidden_sizes: Sequence[int],
         head_sizes: Sequence[int],
+        dropout: float = 0.0,
     ):
         super().__init__()
         hidden_sizes = list(hidden_sizes)
@@ -61,10 +68,23 @@ class MLP(nn.Module):
             raise ConfigError(
                 f"model.hidden_sizes must list at least one positive width, got {hidden_sizes}."
             )
+        if (
+            isinstance(dropout, bool)
+            or not isinstance(dropout, numbers.Real)
+            or not 0 <= dropout < 1
+        ):
+            raise ConfigError(
+                f"model.dropout must be a probability in [0, 1), got {dropout!r}: set it to "
+                "0 for no dropout, or e.g. 0.5 (model=dropout_mlp)."
+            )
         layers: list[nn.Module] = [nn.Flatten()]
         width = flat_size(input_shape)
         for hidden in hidden_sizes:
-            layers += [nn.Linear(width, hidden), nn.ReLU()]
+            # ReLU and dropout share one slot of the body, so that the parameters keep the
+            # names of the network without dropout (body.1.weight, body.3.weight, ...) and
+            # checkpoints written before dropout existed still load.
+            activation = nn.Sequential(nn.ReLU(), nn.Dropout(float(dropout)))
+            layers += [nn.Linear(width, hidden), activation]
             width = hidden
         self.body = nn.Sequential(*layers)
         self.heads = nn.ModuleList(nn.Linear(width, size) for size in head_sizes)

@@ -69,3 +69,48 @@ def test_reset_parameters_redraws_every_layer_from_the_torch_seed(model):
     fresh = MLP(12, [8, 6], [3, 3, 3])  # a new network drawn from the same seed
     for k, v in fresh.state_dict().items():
         torch.testing.assert_close(after[k], v, rtol=0, atol=0)
+
+
+def test_without_dropout_the_network_and_its_parameter_names_are_unchanged(model):
+    # The names every checkpoint written before dropout existed holds.
+    names = ["body.1.weight", "body.1.bias", "body.3.weight", "body.3.bias"]
+    names += [f"heads.{k}.{p}" for k in range(3) for p in ("weight", "bias")]
+    assert list(model.state_dict()) == names
+    with_dropout = MLP([3, 2, 2], [8, 6], [3, 3, 3], dropout=0.5)
+    with_dropout.load_state_dict(model.state_dict())  # strict: the same names and shapes
+    # Rate 0 drops nothing and draws nothing, in training mode too.
+    x = torch.randn(5, 12)
+    rng = torch.get_rng_state()
+    out = model.train()(x, 1)
+    assert torch.equal(torch.get_rng_state(), rng)
+    h = x
+    for linear in (model.body[1], model.body[3]):
+        h = torch.relu(linear(h))
+    torch.testing.assert_close(out, model.heads[1](h), rtol=0, atol=0)
+
+
+def test_dropout_follows_each_hidden_relu_and_only_in_training_mode(model, monkeypatch):
+    with_dropout = MLP([3, 2, 2], [8, 6], [3, 3, 3], dropout=0.3)
+    with_dropout.load_state_dict(model.state_dict())
+    x = torch.randn(5, 12)
+    torch.testing.assert_close(with_dropout.eval()(x, 0), model.eval()(x, 0))
+    dropped = []
+    real = torch.nn.functional.dropout
+
+    def spy(input, p=0.5, training=True, inplace=False):
+        if training:
+            dropped.append((tuple(input.shape), p, bool(torch.all(input >= 0))))
+        return real(input, p, training, inplace)
+
+    monkeypatch.setattr(torch.nn.functional, "dropout", spy)
+    torch.manual_seed(0)
+    out = with_dropout.train()(x, 0)
+    # After the ReLU of each hidden layer (non-negative inputs), never on the inputs.
+    assert dropped == [((5, 8), 0.3, True), ((5, 6), 0.3, True)]
+    assert not torch.allclose(out, model(x, 0))
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.0, 1.5, True, "0.5"])
+def test_dropout_must_be_a_probability_below_1(rate):
+    with pytest.raises(ConfigError, match=r"model\.dropout must be a probability in \[0, 1\)"):
+        MLP(12, [8], [2], dropout=rate)
