@@ -10,24 +10,26 @@ For each task ``t`` the loop in ``cl_bayes.run`` calls::
 
 logs ``method.epoch_metrics(model)`` beside each epoch's loss, and evaluates with
 ``method.predict(model, data)``: log-probabilities ``(batch, n_outputs)`` (``data.y`` unused),
-whose argmax is the prediction (``samples=True``: one row of them per Monte Carlo sample). ``training_data`` sees the tasks trained so far and never a
-later one. Whatever a method keeps between tasks (anchors, Fisher information, memories,
-priors) lives on the method and goes through ``state_dict`` / ``load_state_dict`` so that
-checkpoints restore it exactly; state held as buffers of the model needs nothing more.
+whose argmax is the prediction (``samples=True``: one row of them per Monte Carlo sample).
+``training_data`` sees the tasks trained so far and never a later one. Whatever a method
+keeps between tasks (anchors, Fisher information, memories, priors) lives on the method and
+goes through ``state_dict`` / ``load_state_dict`` so that checkpoints restore it exactly;
+state held as buffers of the model needs nothing more.
 
 Which hooks a method overrides (the rest keep the defaults below):
 
-======  ===============  ===========  ===========  ==============  ===============  ========
-method  training_data    before_task  loss         train_step      after_task       predict
-======  ===============  ===========  ===========  ==============  ===============  ========
-EWC     .                .            + penalty    + penalty grad  Fisher           .
-SI      .                .            + penalty    observes step   importance ω     .
-LwF     .                snapshot     + distil     .               .                .
-ER      keeps ``seen``   .            + replay     stores batch    .                .
-A-GEM   keeps ``seen``   .            .            projects grad   update memory    .
-DER++   keeps ``seen``   .            + replay     stores logits   .                .
-VCL     coreset out      new heads    neg ELBO     .               posterior→prior  MC mean
-======  ===============  ===========  ===========  ==============  ===============  ========
+==========  ===============  ===========  ===========  ==============  ===============  ========
+method      training_data    before_task  loss         train_step      after_task       predict
+==========  ===============  ===========  ===========  ==============  ===============  ========
+EWC         .                .            + penalty    + penalty grad  Fisher           .
+SI          .                .            + penalty    observes step   importance ω     .
+LwF         .                snapshot     + distil     .               .                .
+ER          keeps ``seen``   .            + replay     stores batch    .                .
+A-GEM       keeps ``seen``   .            .            projects grad   update memory    .
+DER++       keeps ``seen``   .            + replay     stores logits   .                .
+VCL         coreset out      new heads    neg ELBO     .               posterior→prior  MC mean
+MC dropout  .                .            .            .               .                MC mean
+==========  ===============  ===========  ===========  ==============  ===============  ========
 
 (EWC: the diagonal Fisher at the task's end, and the quadratic penalty's gradient added in
 closed form between backward and step, which ``loss`` also states for autograd; SI: the path
@@ -37,7 +39,8 @@ model snapshot taken before the task; ER: a batch of its memory (positions in th
 memory after its step; A-GEM: the gradient projected against the memory's reference gradient
 between backward and step; DER++: as ER, with the logits of each stored batch kept and
 distilled; VCL: the posterior becomes the next prior, and prediction averages the softmax
-over weight samples.)
+over weight samples; MC dropout: dropout stays on at prediction, and the softmax is averaged
+over dropout masks.)
 """
 
 from __future__ import annotations
