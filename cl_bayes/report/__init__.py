@@ -9,7 +9,8 @@ groups the completed runs by (task, scenario, method, protocol, configuration) a
   averaged in (failed, interrupted, still running, or superseded by a newer run of their seed);
 - ``leaderboard.html``: the same tables and, as PNG images embedded in the page, the mean
   accuracy matrix of each group, the average accuracy after each task and the forgetting of
-  each group.
+  each group; where runs measured calibration, also the ECE after each task and a
+  reliability diagram of each group (its runs' bins after the last task, pooled).
 
 ``--readme PATH`` also puts the tables between the lines ``<!-- leaderboard:begin -->`` and
 ``<!-- leaderboard:end -->`` of a Markdown file.
@@ -31,8 +32,10 @@ deviation (``ddof=1``). A group of a single run shows ``–`` in place of the st
 defined for one value. The summary metrics (ACC, BWT, forgetting, FWT, intransigence, ...)
 are those of ``cl_bayes.summary.SUMMARY_METRICS``, in its order, units and number formats, as
 the run report prints them; any other number a record's ``summary`` holds gets a column of its
-own, in its own units. ``n/a`` marks a metric that does not apply (FWT where a task's
-outputs are untrained before it, any metric of a single-task run). A metric that only some
+own, in its own units. The calibration columns (ECE, NLL, Brier, unseen-task AUROC) and the
+legend's sentence on them appear only where some run has them. ``n/a`` marks a metric that
+does not apply (FWT where a task's outputs are untrained before it, any metric of a
+single-task run). A metric that only some
 runs of a group have is averaged over those, and the cell says over how many: ``(n=2)``.
 Train time is the sum of ``train_seconds`` over the tasks of a run, averaged over the runs.
 

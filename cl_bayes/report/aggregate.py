@@ -12,6 +12,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from cl_bayes.metrics import pool_bins
 from cl_bayes.report.groups import GroupKey, group_name
 from cl_bayes.report.settings import distinguishing_settings
 from cl_bayes.summary import SUMMARY_METRICS
@@ -40,10 +41,18 @@ class GroupSummary:
     (accuracies as fractions). ``mean_matrix`` is the ``(T, T)`` mean accuracy matrix, ``nan``
     where unmeasured; ``average_accuracy`` holds the mean and std (``None`` for one run) of the
     average accuracy after each task, shape ``(T,)``. Both are ``None`` when the runs differ in
-    their number of tasks. ``show_config`` is true where other groups share the key's task,
-    scenario, method and protocol, so that the configuration fingerprint tells them apart;
-    ``settings`` then names the settings in which this group's configuration differs from
-    theirs (:func:`distinguishing_settings`).
+    their number of tasks. ``ece_after_task`` is likewise the mean and std of the ECE after
+    each task (mean over the seen tasks), ``None`` unless every run has it.
+
+    ``reliability_bins`` is the sum of each run's reliability bins after its last task
+    (``count``, ``confidence``, ``correct`` per confidence bin, over the seen tasks' test data;
+    :func:`cl_bayes.metrics.reliability_bins`), over the ``reliability_runs`` runs that have
+    them; ``None`` where none has (records written before they were measured).
+
+    ``show_config`` is true where other groups share the key's task, scenario, method and
+    protocol, so that the configuration fingerprint tells them apart; ``settings`` then names
+    the settings in which this group's configuration differs from theirs
+    (:func:`distinguishing_settings`).
     """
 
     key: GroupKey
@@ -52,6 +61,9 @@ class GroupSummary:
     train_seconds: Stat
     mean_matrix: np.ndarray | None
     average_accuracy: tuple[np.ndarray, np.ndarray | None] | None
+    ece_after_task: tuple[np.ndarray, np.ndarray | None] | None = None
+    reliability_bins: dict[str, list[float]] | None = None
+    reliability_runs: int = 0
     show_config: bool = False
     settings: str = ""
 
@@ -119,6 +131,41 @@ def mean_curve(curves: Sequence[Any]) -> tuple[np.ndarray, np.ndarray | None] | 
     return stack.mean(axis=0), std
 
 
+BIN_KEYS = ("count", "confidence", "correct")
+
+
+def last_reliability_bins(record: dict[str, Any]) -> dict[str, list[float]] | None:
+    """The run's reliability bins after its last task, or ``None`` where it has none.
+
+    ``None`` for records written before the bins were measured, and where the last entry is
+    not three equally long lists of numbers holding some example.
+    """
+    rows = record.get("reliability_bins")
+    if not isinstance(rows, list) or not rows or not isinstance(rows[-1], dict):
+        return None
+    bins = rows[-1]
+    columns = [bins.get(k) for k in BIN_KEYS]
+    if not all(isinstance(c, list) and all(is_number(v) for v in c) for c in columns):
+        return None
+    if len({len(c) for c in columns}) != 1 or sum(bins["count"]) <= 0:
+        return None
+    return bins
+
+
+def pooled_reliability_bins(
+    runs: Sequence[dict[str, Any]],
+) -> tuple[dict[str, list[float]] | None, int]:
+    """Sum of the runs' last reliability bins, and over how many runs.
+
+    ``(None, 0)`` when no run has bins; ``None`` too when the runs differ in their number of
+    bins, which cannot be added.
+    """
+    bins = [b for b in map(last_reliability_bins, runs) if b is not None]
+    if not bins or len({len(b["count"]) for b in bins}) != 1:
+        return None, len(bins)
+    return pool_bins(bins), len(bins)
+
+
 def aggregate(
     key: GroupKey, runs: Sequence[dict[str, Any]], show_config: bool = False, settings: str = ""
 ) -> GroupSummary:
@@ -128,6 +175,7 @@ def aggregate(
     keys = {m.key for m in SUMMARY_METRICS} | {
         k for s in summaries for k, v in s.items() if is_number(v) and k not in NOT_METRICS
     }
+    reliability_bins, reliability_runs = pooled_reliability_bins(runs)
     return GroupSummary(
         key=key,
         run_ids=tuple(str(r["run_id"]) for r in runs),
@@ -135,6 +183,9 @@ def aggregate(
         train_seconds=mean_std(total_seconds(r.get("train_seconds")) for r in runs),
         mean_matrix=mean_matrix([r["accuracy_matrix"] for r in runs]),
         average_accuracy=mean_curve([s.get("average_accuracy") for s in summaries]),
+        ece_after_task=mean_curve([s.get("ece_after_task") for s in summaries]),
+        reliability_bins=reliability_bins,
+        reliability_runs=reliability_runs,
         show_config=show_config,
         settings=settings,
     )
@@ -184,10 +235,22 @@ def sections(
 
 
 def group_warnings(group: GroupSummary) -> list[str]:
-    """What a reader of ``group``'s numbers should know: mixed numbers of tasks."""
+    """What a reader of ``group``'s numbers should know.
+
+    Mixed numbers of tasks; runs of which only some measured calibration (records written
+    before it was measured lack it).
+    """
+    warnings = []
     if group.mean_matrix is None or group.average_accuracy is None:
-        return [
+        warnings.append(
             f"{group_name(group.key)} mixes runs of different numbers of tasks (or lacks their "
             "accuracy curves): its accuracy matrix and curve are left out of the plots"
-        ]
-    return []
+        )
+    if 0 < group.reliability_runs < group.n:
+        curve = ", and its ECE curve, which needs every run's, is left out"
+        warnings.append(
+            f"{group_name(group.key)}: only {group.reliability_runs} of its {group.n} runs "
+            "have reliability bins: its reliability diagram pools those"
+            + (curve if group.ece_after_task is None else "")
+        )
+    return warnings

@@ -11,14 +11,16 @@ from cl_bayes.report.aggregate import GroupSummary, sections
 from cl_bayes.report.groups import NotAveraged
 from cl_bayes.report.plots import (
     plot_average_accuracy,
+    plot_ece_after_task,
     plot_forgetting,
     plot_matrix,
+    plot_reliability,
     png_base64,
 )
 from cl_bayes.report.tables import (
-    LEGEND,
     Table,
     leaderboard_table,
+    legend,
     not_averaged_table,
     section_title,
 )
@@ -63,7 +65,7 @@ def html_figure(figure: Figure, caption: str) -> str:
 
 
 def html_section(task: str, scenario: str, groups: Sequence[GroupSummary]) -> str:
-    """Table, average-accuracy and forgetting plots, and one heatmap per group."""
+    """Table, average-accuracy and forgetting plots, one heatmap per group, then calibration."""
     plots = []
     if any(g.average_accuracy is not None for g in groups):
         plots.append(
@@ -86,14 +88,48 @@ def html_section(task: str, scenario: str, groups: Sequence[GroupSummary]) -> st
             "<h3>Mean accuracy matrices</h3>",
             "<p>Row i: after training task i; column j: tested on task j.</p>",
             f'<div class="plots">{"".join(heatmaps)}</div>',
+            *calibration_figures(groups),
         ]
     )
+
+
+CALIBRATION_NOTE = (
+    "ECE after each task: the mean over the seen tasks of each task's ECE, then over the runs "
+    "(band: ± std). Reliability diagrams: the seen tasks' test data after the last task, "
+    "pooled over the tasks and the runs of the group; bars: the accuracy of each confidence "
+    "bin, red: the bin's mean confidence, below: the share of the examples in each bin. Their "
+    "ECE is that of the pooled examples, not the table's mean over tasks."
+)
+
+
+def calibration_figures(groups: Sequence[GroupSummary]) -> list[str]:
+    """The ECE-after-each-task plot and one reliability diagram per group that has them.
+
+    Nothing where no group has them (records written before calibration was measured).
+    """
+    figures = []
+    if any(g.ece_after_task is not None for g in groups):
+        figures.append(
+            html_figure(plot_ece_after_task(groups), "ECE after each task (band: ± std)")
+        )
+    figures += [
+        html_figure(plot_reliability(g), f"Reliability diagram: {g.label}")
+        for g in groups
+        if g.reliability_bins is not None
+    ]
+    if not figures:
+        return []
+    return [
+        "<h3>Calibration</h3>",
+        f"<p>{html.escape(CALIBRATION_NOTE)}</p>",
+        f'<div class="plots">{"".join(figures)}</div>',
+    ]
 
 
 def render_html(groups: Sequence[GroupSummary], apart: Sequence[NotAveraged], command: str) -> str:
     """The whole ``leaderboard.html``: one page, inline CSS and images."""
     n_records = sum(g.n for g in groups) + len(apart)
-    body = [f"<h1>Leaderboard</h1>\n<p>{html.escape(LEGEND)}</p>"]
+    body = [f"<h1>Leaderboard</h1>\n<p>{html.escape(legend(groups))}</p>"]
     body += [
         html_section(task, scenario, members) for (task, scenario), members in sections(groups)
     ]

@@ -8,9 +8,9 @@ from cl_bayes.errors import UserError
 from cl_bayes.report.aggregate import GroupSummary, sections
 from cl_bayes.report.groups import NotAveraged
 from cl_bayes.report.tables import (
-    LEGEND,
     Table,
     leaderboard_table,
+    legend,
     not_averaged_table,
     section_title,
 )
@@ -34,7 +34,7 @@ def markdown_tables(groups: Sequence[GroupSummary], level: int) -> str:
     """The legend and one table per (task, scenario) under headings of ``level``."""
     if not groups:
         return "No completed runs yet.\n"
-    parts = [LEGEND]
+    parts = [legend(groups)]
     for (task, scenario), members in sections(groups):
         parts += [
             f"{'#' * level} {section_title(task, scenario)}",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import matplotlib
 import numpy as np
@@ -13,6 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from cl_bayes.metrics import expected_calibration_error
 from cl_bayes.report.aggregate import GroupSummary
 
 
@@ -30,9 +31,12 @@ def png_base64(figure: Figure) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def plot_label(group: GroupSummary) -> str:
-    """``label (n=N)`` for a Matplotlib title, legend or tick: a ``$`` is not maths there."""
-    return f"{group.label} (n={group.n})".replace("$", r"\$")
+def plot_label(group: GroupSummary, n: int | None = None) -> str:
+    """``label (n=N)`` for a Matplotlib title, legend or tick: a ``$`` is not maths there.
+
+    ``N`` is the group's number of runs, or ``n`` where a plot shows fewer of them.
+    """
+    return f"{group.label} (n={group.n if n is None else n})".replace("$", r"\$")
 
 
 def plot_matrix(group: GroupSummary) -> Figure:
@@ -57,14 +61,19 @@ def plot_matrix(group: GroupSummary) -> Figure:
     return figure
 
 
-def plot_average_accuracy(groups: Sequence[GroupSummary]) -> Figure:
-    """Average accuracy on the tasks seen so far after each task, one line per group (± std)."""
+def plot_curves(
+    groups: Sequence[GroupSummary],
+    curve: Callable[[GroupSummary], tuple[np.ndarray, np.ndarray | None] | None],
+    ylabel: str,
+) -> Figure:
+    """A per-task curve in % after each task, one line per group that has it (band: ± std)."""
     figure = new_figure(6.4, 3.8)
     ax = figure.add_subplot()
     for group in groups:
-        if group.average_accuracy is None:
+        values = curve(group)
+        if values is None:
             continue
-        mean, std = group.average_accuracy
+        mean, std = values
         x = np.arange(1, len(mean) + 1)
         (line,) = ax.plot(x, 100 * mean, marker="o", label=plot_label(group))
         if std is not None:
@@ -73,9 +82,70 @@ def plot_average_accuracy(groups: Sequence[GroupSummary]) -> Figure:
             )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("tasks trained")
-    ax.set_ylabel("average accuracy (%)")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    return figure
+
+
+def plot_average_accuracy(groups: Sequence[GroupSummary]) -> Figure:
+    """Average accuracy on the tasks seen so far after each task, one line per group (± std)."""
+    return plot_curves(groups, lambda g: g.average_accuracy, "average accuracy (%)")
+
+
+def plot_ece_after_task(groups: Sequence[GroupSummary]) -> Figure:
+    """ECE (mean over the seen tasks) after each task, one line per group that has it (± std)."""
+    return plot_curves(groups, lambda g: g.ece_after_task, "ECE, mean over seen tasks (%)")
+
+
+def plot_reliability(group: GroupSummary) -> Figure:
+    """Reliability diagram of the group's pooled bins (:attr:`GroupSummary.reliability_bins`).
+
+    Top: the accuracy of each confidence bin as a bar over the bin, the bin's mean confidence
+    as a red line across it (the gap between the two is what ECE weighs) and the diagonal of
+    perfect calibration; bottom: the share of the examples in each bin. The title gives the
+    ECE of the pooled bins, over the examples of all the seen tasks and runs together, which
+    is not the table's ECE (a mean of per-task ECEs, then of runs).
+    """
+    bins = {k: np.asarray(v, dtype=float) for k, v in group.reliability_bins.items()}
+    count = bins["count"]
+    filled = count > 0  # an empty bin has no accuracy or confidence to draw
+    accuracy = bins["correct"][filled] / count[filled]
+    confidence = bins["confidence"][filled] / count[filled]
+    edges = np.linspace(0.0, 1.0, len(count) + 1)
+    left, right = edges[:-1][filled], edges[1:][filled]
+    figure = new_figure(3.6, 4.2)
+    top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    top.bar(
+        left,
+        accuracy,
+        width=right - left,
+        align="edge",
+        color="tab:blue",
+        alpha=0.8,
+        edgecolor="white",
+        label="accuracy",
+    )
+    # Drawn over the bars, which would hide them.
+    top.hlines(
+        confidence, left, right, color="tab:red", linewidth=2, zorder=3, label="mean confidence"
+    )
+    top.plot(
+        [0, 1], [0, 1], linestyle="--", color="grey", linewidth=1, zorder=3, label="calibrated"
+    )
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy")
+    top.legend(fontsize=7, loc="upper left")
+    top.grid(alpha=0.3)
+    ece = 100 * expected_calibration_error(group.reliability_bins)
+    label = plot_label(group, group.reliability_runs)
+    top.set_title(f"{label}\npooled ECE {ece:.2f} %", fontsize=8)
+    share = 100 * count[filled] / count.sum()
+    bottom.bar(left, share, width=right - left, align="edge", color="grey", edgecolor="white")
+    bottom.set_xlabel("confidence (top label)")
+    bottom.set_ylabel("examples (%)")
+    bottom.grid(axis="y", alpha=0.3)
     return figure
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from cl_bayes.metrics import ECE_BINS
 from cl_bayes.report.aggregate import GroupSummary, Stat
 from cl_bayes.report.groups import NotAveraged
 from cl_bayes.summary import SUMMARY_METRICS, SummaryMetric
@@ -39,6 +40,16 @@ LEGEND = (
     f"{enumeration([in_prose(m) for m in ACCURACY_METRICS])} in % (formulas in "
     "cl_bayes/metrics.py); n/a: not applicable. Failed, interrupted, running and superseded "
     "runs are listed apart and never averaged in."
+)
+# Added to the legend where a table shows calibration columns (cl_bayes/evaluation.py measures
+# them; records written before then have none, and their legend stays as it was).
+CALIBRATION_LEGEND = (
+    f"ECE in % (top label, {ECE_BINS} equal-width confidence bins, L1; Guo et al. 2017), NLL "
+    "in nats and Brier score (0 to 2) are those of the predictive on the seen tasks' test "
+    "data after the last task, mean over the tasks; Unseen AUROC: how well the predictive "
+    "entropy ranks the test data of the next, not yet trained task above the seen tasks' "
+    "(0.5 = chance), mean over the tasks; (MI): the same with the mutual information, for "
+    "the methods that sample (VCL, MC dropout)."
 )
 
 
@@ -83,6 +94,16 @@ def shown_metrics(groups: Sequence[GroupSummary]) -> list[SummaryMetric]:
     return [m for m in SUMMARY_METRICS if m.always_shown or m.key in present] + [
         SummaryMetric(key, key, percent=False, fmt=".4g") for key in extra
     ]
+
+
+def legend(groups: Sequence[GroupSummary]) -> str:
+    """The legend of the tables of ``groups``: :data:`LEGEND`, and what calibration means.
+
+    The calibration sentence is added only where some table shows a calibration column.
+    """
+    if any(m.calibration for m in shown_metrics(groups)):
+        return f"{LEGEND} {CALIBRATION_LEGEND}"
+    return LEGEND
 
 
 def leaderboard_table(groups: Sequence[GroupSummary]) -> Table:

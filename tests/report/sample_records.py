@@ -72,6 +72,44 @@ def make_record(
     }
 
 
+# Bins of the first row of every calibrated sample record: the leaderboard must not pool them.
+FIRST_ROW_BINS = {"count": [0.0, 0.0, 100.0], "confidence": [0.0, 0.0, 99.0], "correct": [0, 0, 0]}
+
+
+def calibrated(record: dict, last_bins: dict, ece_after_task: list[float]) -> dict:
+    """``record`` with the calibration a run records since it is measured (three bins here).
+
+    ``last_bins`` are its reliability bins after the last task; the first row's are
+    :data:`FIRST_ROW_BINS`. The summary gets ``ece_after_task``, the final ECE and an NLL.
+    """
+    return {
+        **record,
+        "reliability_bins": [FIRST_ROW_BINS, last_bins],
+        "summary": {
+            **record["summary"],
+            "ece": ece_after_task[-1],
+            "ece_after_task": ece_after_task,
+            "nll": 0.25,
+        },
+    }
+
+
+def calibrated_seeds(protocol: str = "cal") -> list[dict]:
+    """Two calibrated seeds; their last bins add up to counts 2 / 18 / 40, confidence sums
+    0.5 / 9.5 / 36.2 and correct 0 / 11 / 34 (pooled ECE (0.5 + 1.5 + 2.2) / 60 = 7 %); ECE
+    after each task 2 / 10 % and 4 / 20 %.
+    """
+    last_bins = [
+        {"count": [0, 10, 30], "confidence": [0.0, 5.5, 27.0], "correct": [0, 6, 24]},
+        {"count": [2, 8, 10], "confidence": [0.5, 4.0, 9.2], "correct": [0, 5, 10]},
+    ]
+    curves = [[0.02, 0.10], [0.04, 0.20]]
+    return [
+        calibrated(make_record(f"{protocol}-seed{seed}", seed=seed, protocol=protocol), b, c)
+        for seed, (b, c) in enumerate(zip(last_bins, curves, strict=True))
+    ]
+
+
 def write_records(results: Path, *records: dict) -> Path:
     runs = results / "runs"
     runs.mkdir(parents=True, exist_ok=True)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import html
+import re
 from html.parser import HTMLParser
 
-from tests.report.sample_records import generate, make_record, three_seeds
+from cl_bayes.report.tables import CALIBRATION_LEGEND, LEGEND
+from tests.report.sample_records import calibrated_seeds, generate, make_record, three_seeds
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -43,3 +46,27 @@ def test_html_is_self_contained_with_base64_png_plots(tmp_path):
     assert "style" in parser.tags
     assert "script" not in parser.tags and "link" not in parser.tags
     assert "94.00 ± 4.00" in page
+
+
+def captions(page: str) -> list[str]:
+    return re.findall(r"<figcaption>(.*?)</figcaption>", page)
+
+
+def test_calibrated_groups_get_an_ece_plot_and_a_reliability_diagram_each(tmp_path):
+    records = [*three_seeds("p"), *calibrated_seeds("cal"), make_record("c0", scenario="class")]
+    _, page = generate(tmp_path, *records)
+    shown = captions(page)
+    assert shown.count("ECE after each task (band: ± std)") == 1  # the task-incremental table
+    # The calibrated group's diagram, after the accuracy matrices; none for the older groups.
+    reliability = [c for c in shown if c.startswith("Reliability diagram")]
+    assert reliability == ["Reliability diagram: vcl · cal"]
+    assert shown.index(reliability[0]) > shown.index("Mean accuracy matrix: vcl · cal")
+    assert page.count("<h3>Calibration</h3>") == 1
+    assert html.escape(CALIBRATION_LEGEND) in page
+
+
+def test_records_without_calibration_get_no_calibration_figures(tmp_path):
+    _, page = generate(tmp_path, *three_seeds("p"), make_record("c0", scenario="class"))
+    assert not any("ECE" in c or "Reliability" in c for c in captions(page))
+    assert "Calibration" not in page and "ECE" not in page
+    assert f"<p>{html.escape(LEGEND)}</p>" in page

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from tests.report.sample_records import COMMAND, generate, make_record, rows_of, three_seeds
+from cl_bayes.report.tables import CALIBRATION_LEGEND, LEGEND
+from tests.report.sample_records import (
+    COMMAND,
+    calibrated_seeds,
+    generate,
+    make_record,
+    rows_of,
+    three_seeds,
+)
 
 
 def test_table_row_holds_the_hand_computed_means_and_stds(tmp_path):
@@ -96,3 +104,47 @@ def test_intransigence_and_other_summary_numbers_get_columns_when_present(tmp_pa
     # Intransigence 1 and 3 %: std sqrt(2); gap (0.2, 0.4) in its own units: std sqrt(0.02);
     # score from one run only.
     assert "| 2.00 ± 1.41 | 0.3 ± 0.1414 | 0.05 ± – (n=1) |" in row
+
+
+# leaderboard.md of three_seeds() and one class-incremental run, as written before calibration
+# was measured: records without it must still give exactly this.
+BEFORE_CALIBRATION = (
+    "# Leaderboard\n\nA row is a group: the completed runs of one task, scenario, method, "
+    "protocol and configuration (where one protocol was run with different settings, its "
+    "fingerprint is shown, with the settings that differ: (config …: key=value)). Mean ± "
+    "sample standard deviation over the runs of the group, one per seed (the newest where a "
+    "seed was run again); n: number of runs; – in place of the std where a group has a "
+    "single run. ACC, BWT, forgetting, FWT and intransigence in % (formulas in "
+    "cl_bayes/metrics.py); n/a: not applicable. Failed, interrupted, running and superseded "
+    "runs are listed apart and never averaged in.\n\n"
+    "## split_mnist · class-incremental (single head)\n\n"
+    "| # | Method | Protocol | n | ACC (%) | BWT (%) | Forgetting (%) | FWT (%) | Train time / "
+    "run |\n|---:|---|---|---:|---:|---:|---:|---:|---:|\n"
+    "| 1 | vcl | p | 1 | 50.00 ± – | -1.00 ± – | 2.00 ± – | n/a | 30.0 ± – s |\n\n"
+    "## split_mnist · task-incremental (multi-head)\n\n"
+    "| # | Method | Protocol | n | ACC (%) | BWT (%) | Forgetting (%) | FWT (%) | Train time / "
+    "run |\n|---:|---|---|---:|---:|---:|---:|---:|---:|\n"
+    "| 1 | vcl | p | 3 | 94.00 ± 4.00 | -2.00 ± 1.00 | 3.00 ± 2.65 | n/a | 40.0 ± 10.0 s |\n\n"
+    "## Runs not averaged\n\nNone.\n\n"
+    f"Generated from 4 run records by `{COMMAND}`.\n"
+)
+
+
+def test_records_without_calibration_give_the_leaderboard_they_gave_before(tmp_path):
+    markdown, _ = generate(tmp_path, *three_seeds(), make_record("c0", 0.5, scenario="class"))
+    assert markdown == BEFORE_CALIBRATION
+
+
+def test_calibration_columns_bring_their_sentence_into_the_legend(tmp_path):
+    markdown, _ = generate(tmp_path, *three_seeds(), *calibrated_seeds())
+    legend = markdown.split("\n\n")[1]
+    assert legend == f"{LEGEND} {CALIBRATION_LEGEND}"
+    assert "ECE in % (top label, 15 equal-width confidence bins, L1; Guo et al. 2017)" in legend
+    assert "| ECE (%) | NLL |" in markdown
+    # Older records beside calibrated ones in one table: n/a in the calibration columns.
+    assert rows_of(markdown) == [
+        "| 1 | vcl | p | 3 | 94.00 ± 4.00 | -2.00 ± 1.00 | 3.00 ± 2.65 | n/a | n/a | n/a |"
+        " 40.0 ± 10.0 s |",
+        "| 2 | vcl | cal | 2 | 90.00 ± 0.00 | -1.00 ± 0.00 | 2.00 ± 0.00 | n/a | 15.00 ± 7.07 |"
+        " 0.250 ± 0.000 | 30.0 ± 0.0 s |",
+    ]
