@@ -168,6 +168,7 @@ def check_config(cfg: DictConfig) -> None:
     _check_task(cfg.task)
     if cfg.evaluate_on not in ("test", "val"):
         raise ConfigError(f"evaluate_on must be 'test' or 'val', got {cfg.evaluate_on!r}.")
+    _whole_number(cfg.get("unseen_examples"), "unseen_examples", null="all of them")
     if cfg.evaluate_on == "val" and not cfg.task.get("val_fraction"):
         raise ConfigError("evaluate_on=val needs a validation split: set task.val_fraction > 0.")
     if not DEVICE.fullmatch(str(cfg.device)):

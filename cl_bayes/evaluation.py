@@ -38,6 +38,22 @@ class Scores:
     entropy: Tensor
     mutual_information: Tensor | None
 
+    def subset(self, index: Tensor) -> Scores:
+        """The scores of the examples at ``index``."""
+        mi = self.mutual_information
+        return Scores(self.entropy[index], None if mi is None else mi[index])
+
+
+def detection_positions(n: int, limit: int | None, device: torch.device | None = None) -> Tensor:
+    """Evenly spaced positions of at most ``limit`` of ``n`` examples (all where ``None``).
+
+    The unseen task's examples that detection scores: deterministic (no random draw, so the
+    run's random stream is untouched) and spread over the whole evaluation split.
+    """
+    if limit is None or limit >= n:
+        return torch.arange(n, device=device)
+    return torch.linspace(0, n - 1, limit, device=device).round().long()
+
 
 @dataclass
 class TaskEvaluation:

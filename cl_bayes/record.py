@@ -39,6 +39,9 @@ ADDED_OPTIONS = {
     ("model", "sampling"): "local",
     ("train", "steps"): None,
     ("method", "steps"): None,
+    # How many of the next task's examples unseen-task detection scores: not an input of the
+    # accuracy matrix, which runs recorded before detection existed measured alike.
+    ("unseen_examples",): 500,
 }
 
 

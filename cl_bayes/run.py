@@ -33,7 +33,13 @@ from cl_bayes import checkpoint, metrics
 from cl_bayes.config import check_config, instantiate
 from cl_bayes.data import LabelledData, TaskSequence
 from cl_bayes.errors import ConfigError, TrainingDiverged
-from cl_bayes.evaluation import MATRICES, detection_auroc, evaluate, unseen_scores
+from cl_bayes.evaluation import (
+    MATRICES,
+    detection_auroc,
+    detection_positions,
+    evaluate,
+    unseen_scores,
+)
 from cl_bayes.loggers.base import Logger
 from cl_bayes.methods.base import Method
 from cl_bayes.record import (
@@ -167,11 +173,17 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
                 metrics.pool_bins([evaluations[j].bins for j in range(t + 1)])
             )
             if t + 1 < T:
-                # Unseen-task detection: the next task's data against the seen tasks' data.
+                # Unseen-task detection: (part of) the next task's data against the seen
+                # tasks' data; scored by this row's evaluation where it tests that task.
+                positions = detection_positions(
+                    len(eval_sets[t + 1]), cfg.get("unseen_examples"), eval_sets[t + 1].y.device
+                )
                 unseen = (
-                    evaluations[t + 1].scores
+                    evaluations[t + 1].scores.subset(positions)
                     if t + 1 in evaluations
-                    else unseen_scores(method, model, eval_sets[t + 1], eval_sets[t])
+                    else unseen_scores(
+                        method, model, eval_sets[t + 1].subset(positions), eval_sets[t]
+                    )
                 )
                 seen = [evaluations[j].scores for j in range(t + 1)]
                 for name, value in detection_auroc(seen, unseen).items():

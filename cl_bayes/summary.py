@@ -67,12 +67,10 @@ SUMMARY_METRICS = (
     # row) and unseen-task detection (mean over the rows); see cl_bayes/evaluation.py. Shown
     # where a run has them (records written before they were measured do not).
     SummaryMetric("ece", "ECE", always_shown=False, calibration=True),
-    SummaryMetric("nll", "NLL", percent=False, fmt=".3f", always_shown=False),
-    SummaryMetric("brier", "Brier", percent=False, fmt=".3f", always_shown=False),
-    SummaryMetric("unseen_auroc", "Unseen AUROC", percent=False, fmt=".3f", always_shown=False),
-    SummaryMetric(
-        "unseen_auroc_mi", "Unseen AUROC (MI)", percent=False, fmt=".3f", always_shown=False
-    ),
+    SummaryMetric("nll", "NLL", False, ".3f", always_shown=False, calibration=True),
+    SummaryMetric("brier", "Brier", False, ".3f", always_shown=False, calibration=True),
+    SummaryMetric("unseen_auroc", "Unseen AUROC", False, ".3f", False, calibration=True),
+    SummaryMetric("unseen_auroc_mi", "Unseen AUROC (MI)", False, ".3f", False, calibration=True),
 )
 
 # The per-task measures summarised as the mean of each row's seen tasks (``<name>_after_task``)

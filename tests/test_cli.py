@@ -89,6 +89,7 @@ def test_non_positive_epochs_is_one_clear_line_and_nothing_trains(tmp_path):
         ("train.batch_size=0.5", "train.batch_size", "0.5"),
         ("task.train_size=abc", "task.train_size", "'abc'"),
         ("logger=wandb logger.mode=onlin", "logger.mode", "'onlin'"),
+        ("unseen_examples=0", "unseen_examples", "0"),
     ],
 )
 def test_a_bad_value_is_one_line_on_stderr_and_leaves_nothing_behind(

@@ -16,6 +16,7 @@ from cl_bayes.evaluation import (
     MATRICES,
     Scores,
     detection_auroc,
+    detection_positions,
     evaluate,
     uncertainty_scores,
     unseen_scores,
@@ -148,3 +149,22 @@ def test_a_sampling_method_records_mutual_information(tmp_path):
     mi = np.array(record["uncertainty"]["mutual_information"], dtype=float)
     assert (mi[np.tril_indices(2)] > 0).all()
     assert 0 <= record["unseen_auroc"]["mutual_information"][0] <= 1
+
+
+def test_detection_positions_are_evenly_spread_and_bounded():
+    positions = detection_positions(2000, 500)
+    assert len(positions) == 500 and len(positions.unique()) == 500
+    assert positions[0] == 0 and positions[-1] == 1999
+    assert set(torch.diff(positions).tolist()) <= {4, 5}
+    assert torch.equal(detection_positions(30, 500), torch.arange(30))
+    assert torch.equal(detection_positions(30, None), torch.arange(30))
+
+
+@pytest.mark.parametrize("scenario", ["task", "domain"])
+def test_detection_scores_part_of_the_next_task_and_leaves_r_alone(tmp_path, scenario):
+    common = [*THREE_SYNTHETIC_TASKS, f"scenario={scenario}"]
+    every = run_method(tmp_path / "all", "finetune", *common, "unseen_examples=null")
+    part = run_method(tmp_path / "part", "finetune", *common, "unseen_examples=20")
+    np.testing.assert_array_equal(part["accuracy_matrix"], every["accuracy_matrix"])
+    np.testing.assert_array_equal(part["uncertainty"]["ece"], every["uncertainty"]["ece"])
+    assert part["unseen_auroc"]["entropy"] != every["unseen_auroc"]["entropy"]
