@@ -4,7 +4,8 @@ A run evaluates after every task: accuracy only, before these measures existed (
 ``method.predict`` on each tested task); now ``cl_bayes.evaluation.evaluate`` (one
 ``predict(samples=True)`` pass per tested task giving accuracy, NLL, Brier, ECE bins,
 entropy and mutual information) and, where the next task is not tested anyway (task- and
-class-incremental), one more pass over the next task's test data for unseen-task detection.
+class-incremental), one more pass over (``unseen_examples``, 500, of) the next task's test
+data for unseen-task detection.
 
 The script replays a whole run's evaluation schedule (every row ``t``: the tasks tested, the
 unseen pass, the AUROC) on untrained models of the two VCL protocols, with ``finetune``
@@ -14,7 +15,7 @@ tasks' predictions; the unseen pass), and their ratios. The schedules alternate
 (``--repeats`` times after a warm-up) and the medians are given.
 
     CL_BAYES_DATA=<data root> python benchmarks/evaluation_cost.py [--repeats 3] [--threads 1]
-        [--benchmarks split_mnist,permuted_mnist] [--methods finetune,vcl]
+        [--benchmarks split_mnist,permuted_mnist] [--methods finetune,vcl] [--unseen-examples 500]
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from hydra.utils import instantiate
 
 from cl_bayes.config import CONF_DIR, register_task_sequences
 from cl_bayes.data import LabelledData
-from cl_bayes.evaluation import detection_auroc, evaluate, unseen_scores
+from cl_bayes.evaluation import detection_auroc, detection_positions, evaluate, unseen_scores
 from cl_bayes.metrics import pool_bins
 from cl_bayes.scenario import Scenario
 
@@ -56,7 +57,7 @@ def accuracy_only(method, model, data: LabelledData, n_outputs: int, chunk: int 
     return correct / max(len(data), 1)
 
 
-def schedules(method, model, scenario, sequence, eval_sets):
+def schedules(method, model, scenario, sequence, eval_sets, unseen_examples):
     """The accuracy-only schedule and the new one (its two parts timed apart)."""
     T = sequence.n_tasks
 
@@ -80,10 +81,12 @@ def schedules(method, model, scenario, sequence, eval_sets):
             measures += time.perf_counter() - started
             if t + 1 < T:
                 started = time.perf_counter()
+                positions = detection_positions(len(eval_sets[t + 1]), unseen_examples)
                 if t + 1 in results:
-                    scores = results[t + 1].scores
+                    scores = results[t + 1].scores.subset(positions)
                 else:
-                    scores = unseen_scores(method, model, eval_sets[t + 1], eval_sets[t])
+                    unseen = eval_sets[t + 1].subset(positions)
+                    scores = unseen_scores(method, model, unseen, eval_sets[t])
                 detection_auroc([results[j].scores for j in range(t + 1)], scores)
                 unseen += time.perf_counter() - started
         return measures, unseen
@@ -97,6 +100,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--benchmarks", default="split_mnist,permuted_mnist")
     parser.add_argument("--methods", default="finetune,vcl")
+    parser.add_argument(
+        "--unseen-examples", type=int, default=500, help="as the run's unseen_examples; 0: all"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -128,7 +134,9 @@ def main() -> None:
             method = instantiate(cfg.method)
             if hasattr(method, "seen_heads"):  # VCL predicts through the heads it has trained
                 method.seen_heads = list(range(len(scenario.head_sizes(sequence))))
-            old, new = schedules(method, model, scenario, sequence, eval_sets)
+            old, new = schedules(
+                method, model, scenario, sequence, eval_sets, args.unseen_examples or None
+            )
             old(), new()  # warm-up
             olds, measures, unseens = [], [], []
             for _ in range(args.repeats):
