@@ -206,7 +206,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
                 },
             )
             save_record("running")
-            logger.log_task(t, R)
+            logger.log_task(t, record)
         save_record("completed")
     except TrainingDiverged as error:
         save_record("failed", str(error))

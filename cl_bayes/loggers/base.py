@@ -4,7 +4,7 @@ The loop in ``cl_bayes.run`` calls::
 
     logger.start(record, output_dir)            # once the run record exists
     logger.log_epoch(task_id, epoch, metrics)   # after every training epoch, while `active`
-    logger.log_task(task_id, accuracy_matrix)   # after every task, once R's row is filled
+    logger.log_task(task_id, record)            # after every task, once its row is recorded
     logger.finish(record)                       # always, in a ``finally`` block
 
 The run record (``cl_bayes.record``) stays the reference result: a logger only mirrors it
@@ -16,8 +16,6 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Mapping
-
-import numpy as np
 
 
 class Logger:
@@ -38,8 +36,12 @@ class Logger:
         ``kl_term``).
         """
 
-    def log_task(self, task_id: int, accuracy_matrix: np.ndarray) -> None:
-        """Evaluation after task ``task_id``: row ``task_id`` of the ``(T, T)`` matrix is filled."""
+    def log_task(self, task_id: int, record: dict[str, Any]) -> None:
+        """Evaluation after task ``task_id``: row ``task_id`` of the record's matrices is filled.
+
+        The record's ``accuracy_matrix``, its ``uncertainty`` matrices, ``reliability_bins``
+        and ``unseen_auroc`` (``cl_bayes.run``) hold the rows of the tasks trained so far.
+        """
 
     def finish(self, record: dict[str, Any]) -> None:
         """Log the final (or last written) record and close; called however the run ended."""

@@ -12,10 +12,16 @@ the config wins over them. What it logs:
   ``train/kl_term``, its part ``beta * kl / N_t`` of the loss), against ``epoch``, counted
   over the whole run (epoch ``e`` of task ``t`` is ``t * train.epochs + e``), with ``task``;
 - ``eval/acc_task_<j>`` for every task ``j`` seen so far and ``eval/average_accuracy``
-  after every task, against ``task`` (numbered from 0, as in the record);
+  after every task, against ``task`` (numbered from 0, as in the record), with the row's
+  calibration (``eval/nll``, ``eval/brier``, ``eval/ece``, ``eval/entropy``, for sampling
+  methods ``eval/mutual_information``: means over the seen tasks), the next task's detection
+  AUROC (``eval/unseen_auroc``, ``eval/unseen_auroc_mi``) and a reliability diagram
+  (``eval/reliability``, an image);
 - at the end: the accuracy matrix as ``accuracy_matrix`` (a table: row ``after_task`` i,
-  columns ``task_<j>``) and ``accuracy_heatmap`` (an image); the summary metrics of
-  ``cl_bayes.summary.SUMMARY_METRICS`` (``acc``, ``bwt``, ...; where defined),
+  columns ``task_<j>``) and ``accuracy_heatmap`` (an image), and each calibration matrix
+  of the record's ``uncertainty`` that was measured as ``<name>_matrix`` (``nll_matrix``,
+  ``brier_matrix``, ``ece_matrix``, ``entropy_matrix``, ``mutual_information_matrix``); the
+  summary metrics of ``cl_bayes.summary.SUMMARY_METRICS`` (``acc``, ``bwt``, ...; where defined),
   ``tasks_completed`` and ``status`` in the run summary; the record JSON as an artifact of
   type ``run-record``.
 
@@ -166,19 +172,20 @@ class WandbLogger(Logger):
                 }
             )
 
-    def log_task(self, task_id: int, accuracy_matrix: np.ndarray) -> None:
-        """Log the accuracy on every task seen so far, and their mean, at ``task_id``."""
+    def log_task(self, task_id: int, record: dict[str, Any]) -> None:
+        """Log row ``task_id``'s accuracies, calibration and detection, and its reliability.
+
+        Against ``task``: ``eval/acc_task_<j>`` for each task seen so far and their mean
+        ``eval/average_accuracy``; the means over the seen tasks of the row's ``eval/nll``,
+        ``eval/brier``, ``eval/ece``, ``eval/entropy`` and (sampling methods)
+        ``eval/mutual_information``; ``eval/unseen_auroc`` (and ``eval/unseen_auroc_mi``) for
+        the next task where there is one; and ``eval/reliability``, the diagram of the row's
+        confidence bins pooled over the seen tasks.
+        """
         if self._run is None:
             return
-        seen = np.asarray(accuracy_matrix, dtype=float)[task_id, : task_id + 1]
         with self._guard("logging a task's evaluation"):
-            self._run.log(
-                {
-                    **{f"eval/acc_task_{j}": float(a) for j, a in enumerate(seen)},
-                    "eval/average_accuracy": float(seen.mean()),
-                    "task": task_id,
-                }
-            )
+            self._run.log(task_metrics(task_id, record, images=True))
 
     def finish(self, record: dict[str, Any]) -> None:
         """Log the matrix, the summary metrics and the record artifact, then close the run."""
@@ -229,18 +236,18 @@ class WandbLogger(Logger):
         R = np.array(record["accuracy_matrix"], dtype=float)  # JSON nulls become NaN
         done = R[: record["tasks_completed"]]
         if len(done):
+            tables = {
+                f"{name}_matrix": matrix_table(np.asarray(matrix, dtype=float)[: len(done)])
+                for name, matrix in record.get("uncertainty", {}).items()
+                if not np.isnan(np.asarray(matrix, dtype=float)[: len(done)]).all()
+            }
             self._run.log(
                 {
-                    "accuracy_matrix": wandb.Table(
-                        columns=["after_task"] + [f"task_{j}" for j in range(R.shape[1])],
-                        data=[
-                            [i] + [None if math.isnan(a) else float(a) for a in row]
-                            for i, row in enumerate(done)
-                        ],
-                    ),
+                    "accuracy_matrix": matrix_table(done),
                     "accuracy_heatmap": wandb.Image(
                         accuracy_heatmap(done), caption="accuracy (%) on task j after task i"
                     ),
+                    **tables,
                 }
             )
         self._run.summary.update(summary_metrics(record))
@@ -317,12 +324,69 @@ def summary_metrics(record: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
+def matrix_table(matrix: np.ndarray):
+    """A ``(k, T)`` matrix laid out as R, as a ``wandb.Table``.
+
+    Row ``after_task`` i, columns ``task_<j>``; unmeasured entries are empty.
+    """
+    import wandb
+
+    return wandb.Table(
+        columns=["after_task"] + [f"task_{j}" for j in range(matrix.shape[1])],
+        data=[
+            [i] + [None if math.isnan(a) else float(a) for a in row] for i, row in enumerate(matrix)
+        ],
+    )
+
+
+def task_metrics(task_id: int, record: dict[str, Any], images: bool = False) -> dict[str, Any]:
+    """What :meth:`WandbLogger.log_task` logs after task ``task_id`` (see there)."""
+    seen = np.asarray(record["accuracy_matrix"], dtype=float)[task_id, : task_id + 1]
+    logged: dict[str, Any] = {
+        **{f"eval/acc_task_{j}": float(a) for j, a in enumerate(seen)},
+        "eval/average_accuracy": float(seen.mean()),
+        "task": task_id,
+    }
+    for name, matrix in record.get("uncertainty", {}).items():
+        row = np.asarray(matrix, dtype=float)[task_id, : task_id + 1]
+        if not np.isnan(row).any():
+            logged[f"eval/{name}"] = float(row.mean())
+    for name, key in (("entropy", "unseen_auroc"), ("mutual_information", "unseen_auroc_mi")):
+        values = record.get("unseen_auroc", {}).get(name, [])
+        if task_id < len(values) and is_finite(values[task_id]):
+            logged[f"eval/{key}"] = float(values[task_id])
+    bins = record.get("reliability_bins", [])
+    if images and task_id < len(bins) and bins[task_id] and sum(bins[task_id]["count"]):
+        import wandb
+
+        from cl_bayes.report.plots import reliability_diagram
+
+        title = f"after task {task_id} (tasks 0-{task_id})"
+        logged["eval/reliability"] = wandb.Image(
+            figure_pixels(reliability_diagram(bins[task_id], title)), caption=title
+        )
+    return logged
+
+
+def is_finite(value: Any) -> bool:
+    """A number that is neither ``None``, NaN nor infinite."""
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def figure_pixels(figure) -> np.ndarray:
+    """A matplotlib figure as an RGB image ``(height, width, 3)``, uint8 (no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
 def accuracy_heatmap(R: np.ndarray) -> np.ndarray:
     """The accuracy matrix ``(k, T)`` as an RGB image ``(height, width, 3)``, uint8.
 
     Drawn with matplotlib's Agg canvas directly (no pyplot: no global figure state).
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     k, T = R.shape
@@ -340,6 +404,4 @@ def accuracy_heatmap(R: np.ndarray) -> np.ndarray:
     axes.set_xlabel("tested on task j")
     axes.set_ylabel("after training task i")
     figure.colorbar(image, ax=axes, label="accuracy (%)")
-    canvas = FigureCanvasAgg(figure)
-    canvas.draw()
-    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    return figure_pixels(figure)

@@ -101,13 +101,24 @@ def plot_ece_after_task(groups: Sequence[GroupSummary]) -> Figure:
 def plot_reliability(group: GroupSummary) -> Figure:
     """Reliability diagram of the group's pooled bins (:attr:`GroupSummary.reliability_bins`).
 
+    See :func:`reliability_diagram`. The title gives the ECE of the pooled bins, over the
+    examples of all the seen tasks and runs together, which is not the table's ECE (a mean
+    of per-task ECEs, then of runs).
+    """
+    label = plot_label(group, group.reliability_runs)
+    return reliability_diagram(group.reliability_bins, label)
+
+
+def reliability_diagram(bins: dict[str, list[float]], label: str) -> Figure:
+    """Reliability diagram of confidence ``bins`` (``cl_bayes.metrics.reliability_bins``).
+
     Top: the accuracy of each confidence bin as a bar over the bin, the bin's mean confidence
     as a red line across it (the gap between the two is what ECE weighs) and the diagonal of
-    perfect calibration; bottom: the share of the examples in each bin. The title gives the
-    ECE of the pooled bins, over the examples of all the seen tasks and runs together, which
-    is not the table's ECE (a mean of per-task ECEs, then of runs).
+    perfect calibration; bottom: the share of the examples in each bin. The title is
+    ``label`` and the ECE of the bins.
     """
-    bins = {k: np.asarray(v, dtype=float) for k, v in group.reliability_bins.items()}
+    binned = bins
+    bins = {k: np.asarray(v, dtype=float) for k, v in binned.items()}
     count = bins["count"]
     filled = count > 0  # an empty bin has no accuracy or confidence to draw
     accuracy = bins["correct"][filled] / count[filled]
@@ -138,8 +149,7 @@ def plot_reliability(group: GroupSummary) -> Figure:
     top.set_ylabel("accuracy")
     top.legend(fontsize=7, loc="upper left")
     top.grid(alpha=0.3)
-    ece = 100 * expected_calibration_error(group.reliability_bins)
-    label = plot_label(group, group.reliability_runs)
+    ece = 100 * expected_calibration_error(binned)
     top.set_title(f"{label}\npooled ECE {ece:.2f} %", fontsize=8)
     share = 100 * count[filled] / count.sum()
     bottom.bar(left, share, width=right - left, align="edge", color="grey", edgecolor="white")

@@ -232,6 +232,32 @@ def test_after_every_task_its_accuracies_are_logged_at_the_task_index(offline):
         assert row["eval/average_accuracy"] == pytest.approx(mean)
 
 
+@pytest.mark.parametrize("name", ["finetune", "vcl"])
+def test_after_every_task_its_calibration_and_detection_are_logged(offline, name):
+    record, run_dir, _ = offline[name]
+    logged = RunFile(run_dir)
+    rows = logged.rows("eval/ece")
+    T = record["n_tasks"]
+    assert [row["task"] for row in rows] == list(range(T))
+    for t, row in enumerate(rows):
+        for measure in ("nll", "brier", "ece", "entropy"):
+            seen = np.array(record["uncertainty"][measure], dtype=float)[t, : t + 1]
+            assert row[f"eval/{measure}"] == pytest.approx(seen.mean())
+        # Only a sampling method has an epistemic part.
+        assert ("eval/mutual_information" in row) == (name == "vcl")
+        if t < T - 1:
+            assert row["eval/unseen_auroc"] == pytest.approx(record["unseen_auroc"]["entropy"][t])
+        else:
+            assert "eval/unseen_auroc" not in row  # no task after the last
+        assert row["eval/reliability._type"] == "image-file"
+    files = logged.folder / "files"
+    table = json.loads((files / logged.summary["ece_matrix.path"]).read_text())
+    on_disk = json.loads((run_dir / "record.json").read_text())
+    assert table["data"] == [[i] + row for i, row in enumerate(on_disk["uncertainty"]["ece"])]
+    assert ("mutual_information_matrix._type" in logged.summary) == (name == "vcl")
+    assert logged.summary["ece"] == pytest.approx(record["summary"]["ece"])
+
+
 def test_the_summary_holds_the_records_final_metrics(offline):
     record, run_dir, _ = offline["finetune"]
     logged = RunFile(run_dir)
