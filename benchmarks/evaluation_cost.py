@@ -85,8 +85,8 @@ def schedules(method, model, scenario, sequence, eval_sets, unseen_examples):
                 if t + 1 in results:
                     scores = results[t + 1].scores.subset(positions)
                 else:
-                    unseen = eval_sets[t + 1].subset(positions)
-                    scores = unseen_scores(method, model, unseen, eval_sets[t])
+                    next_task = eval_sets[t + 1].subset(positions)
+                    scores = unseen_scores(method, model, next_task, eval_sets[t])
                 detection_auroc([results[j].scores for j in range(t + 1)], scores)
                 unseen += time.perf_counter() - started
         return measures, unseen
