@@ -13,6 +13,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
 from cl_bayes.bayes.layer import SAMPLING
+from cl_bayes.cuda_graphs import check_setting as check_cuda_graphs
 from cl_bayes.errors import ConfigError, UserError
 from cl_bayes.loggers.wandb import MODES as LOGGER_MODES
 from cl_bayes.models.bayes_cnn import check_conv_options
@@ -139,6 +140,7 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"train.epochs must be a whole number, got {cfg.train.epochs!r}.")
     _whole_number(cfg.train.batch_size, "train.batch_size", null="full batch")
     _whole_number(cfg.train.get("steps"), "train.steps", null="train.epochs passes per task")
+    check_cuda_graphs(cfg.train.get("cuda_graphs", "auto"))
     if "lr" in cfg.optimizer:
         _positive(cfg.optimizer.lr, "optimizer.lr")
     if "hidden_sizes" in cfg.model:

@@ -42,6 +42,9 @@ ADDED_OPTIONS = {
     # How many of the next task's examples unseen-task detection scores: not an input of the
     # accuracy matrix, which runs recorded before detection existed measured alike.
     ("unseen_examples",): 500,
+    # Whether a GPU replays the training step from CUDA graphs: the same computation, launched
+    # otherwise (results agree to rounding); runs before the option trained eagerly, as CPUs do.
+    ("train", "cuda_graphs"): "auto",
 }
 
 

@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cl_bayes import checkpoint, metrics
 from cl_bayes.config import check_config, instantiate
+from cl_bayes.cuda_graphs import asked_for, build_optimizer, replayable, use_cuda_graphs
 from cl_bayes.data import LabelledData, TaskSequence
 from cl_bayes.errors import ConfigError, TrainingDiverged
 from cl_bayes.evaluation import (
@@ -81,6 +82,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     _check_writable(Path(cfg.results_dir) / "runs", "results_dir")
     joint_R = _joint_reference(cfg)
     device = resolve_device(cfg.device)
+    asked_for(cfg.train.get("cuda_graphs", "auto"), device)  # true on a CPU: fail before loading
     memory_scope = start_peak_memory(device)  # this run's own peak, not the process's
     seed_everything(cfg.seed)
 
@@ -99,6 +101,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     ).to(device)
     method: Method = instantiate(cfg.method)
     method_name = type(method).__module__.rsplit(".", 1)[-1]
+    cuda_graph = use_cuda_graphs(cfg.train.get("cuda_graphs", "auto"), device, method)
     logger: Logger = instantiate(cfg.logger)
 
     if state is None:
@@ -155,7 +158,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
             data = method.training_data(t, train_sets[: t + 1])
             method.before_task(model, t, data)
             started = time.perf_counter()
-            train_task(cfg, method, model, data, t, T, logger)
+            train_task(cfg, method, model, data, t, T, logger, cuda_graph=cuda_graph)
             method.after_task(model, t, data)
             record["train_seconds"].append(time.perf_counter() - started)
 
@@ -238,11 +241,15 @@ def train_task(
     t: int,
     T: int,
     logger: Logger | None = None,
+    cuda_graph: bool = False,
 ) -> list[float]:
     """Train ``model`` on ``data`` with ``method.train_step`` and a fresh optimiser.
 
     Returns the epoch losses. While ``logger`` is active it gets every epoch's loss, with
     the method's ``epoch_metrics(model)`` (VCL: its KL term), as :class:`EpochMetrics`.
+    With ``cuda_graph`` (the run's :func:`~cl_bayes.cuda_graphs.use_cuda_graphs`), the step
+    is replayed from a CUDA graph where the task's data and the optimiser allow it
+    (:func:`~cl_bayes.cuda_graphs.replayable`), with the optimiser built to be captured.
     """
     if len(data) == 0:
         log.info(f"task {t + 1}/{T}: {type(method).__name__} trains on no data of this task")
@@ -252,17 +259,21 @@ def train_task(
         if logger.active:  # a logger that failed has turned itself off
             logger.log_epoch(t, epoch, EpochMetrics(loss, method, model))
 
+    label = f"task {t + 1}/{T}"
+    make_optimizer = instantiate(cfg.optimizer)
+    cuda_graph = cuda_graph and replayable(data, make_optimizer, label)
     return fit(
         model,
         data,
         method.train_step,
-        instantiate(cfg.optimizer)(model.parameters()),
+        build_optimizer(make_optimizer, model.parameters(), captured=cuda_graph),
         cfg.train.epochs,
         cfg.train.batch_size,
-        label=f"task {t + 1}/{T}",
+        label=label,
         progress=cfg.progress,
         on_epoch=log_epoch if logger is not None and logger.active else None,
         steps=cfg.train.get("steps"),
+        cuda_graph=cuda_graph,
     )
 
 

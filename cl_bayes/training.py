@@ -2,7 +2,8 @@
 
 The loop draws the batches and calls a step function; what one step does (the loss, the
 gradients, the optimiser) belongs to the method (``Method.train_step``). The loop imports no
-method.
+method. On a GPU the step may be replayed from a CUDA graph instead (``cuda_graph``; see
+:mod:`cl_bayes.cuda_graphs`), on the same batches.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from cl_bayes.cuda_graphs import CapturedStep
 from cl_bayes.data import LabelledData
 from cl_bayes.errors import TrainingDiverged
 
@@ -51,6 +53,7 @@ def fit(
     progress: bool = True,
     on_epoch: Callable[[int, float], None] | None = None,
     steps: int | None = None,
+    cuda_graph: bool = False,
 ) -> list[float]:
     """Run ``step(model, batch, optimizer)`` over ``epochs`` passes of ``data``; epoch losses.
 
@@ -63,6 +66,10 @@ def fit(
     or infinite epoch loss, or one :data:`EXPLOSION_FACTOR` times the first batch's (or 1, if
     larger), stops training with :class:`TrainingDiverged` naming ``label`` and the epoch.
     ``on_epoch(epoch, loss)``, when given, is called after every epoch (counted from 0).
+    With ``cuda_graph``, the step is captured and replayed from a CUDA graph
+    (:class:`~cl_bayes.cuda_graphs.CapturedStep`) on the same batches; the caller has checked
+    that the step, the data, the device and the optimiser allow it
+    (:func:`~cl_bayes.cuda_graphs.use_cuda_graphs`, :func:`~cl_bayes.cuda_graphs.replayable`).
     """
     n = len(data)
     batch_size = min(batch_size or n, n)
@@ -71,6 +78,11 @@ def fit(
     if steps is not None:
         epochs = math.ceil(steps / per_epoch)
     left = steps if steps is not None else epochs * per_epoch
+
+    def eager_step(positions: torch.Tensor | None) -> torch.Tensor:
+        return step(model, data if positions is None else data.subset(positions), optimizer)
+
+    take_step = CapturedStep(step, model, optimizer, data, batch_size) if cuda_graph else eager_step
     model.train()
     history = []
     first_loss: float | None = None
@@ -78,17 +90,18 @@ def fit(
     for epoch in bar:
         total = torch.zeros((), device=device)
         seen = 0
+        # Each batch as its positions in ``data``; None: all of it.
         if batch_size >= n:
-            batches = [data]
+            batches = [None]
         else:
-            order = torch.randperm(n, device=device)
-            batches = (data.subset(index) for index in order.split(batch_size))
-        for batch in itertools.islice(batches, min(left, per_epoch)):
-            value = step(model, batch, optimizer)
+            batches = torch.randperm(n, device=device).split(batch_size)
+        for positions in itertools.islice(batches, min(left, per_epoch)):
+            value = take_step(positions)
             if first_loss is None:
                 first_loss = value.item()  # one device sync, once per training phase
-            total += value * len(batch)
-            seen += len(batch)
+            size = n if positions is None else len(positions)
+            total += value * size
+            seen += size
         left -= per_epoch
         epoch_loss = (total / seen).item()  # one device sync per epoch
         _check_loss(epoch_loss, first_loss, label, epoch)

@@ -171,6 +171,15 @@ def test_every_combination_composes_and_instantiates(
         ("device=tpu", r"device must be auto, cpu, cuda"),
         ("device=cuda:abc", r"device must be auto, cpu, cuda or cuda:<index>, got 'cuda:abc'\."),
         ("device=cuda:", r"device must be .*, got 'cuda:'\."),
+        (
+            "train.cuda_graphs=maybe",
+            r"^train\.cuda_graphs must be auto, true or false, got 'maybe'\.$",
+        ),
+        ("train.cuda_graphs=1", r"^train\.cuda_graphs must be auto, true or false, got 1\.$"),
+        (
+            "train.cuda_graphs=true",
+            r"^train\.cuda_graphs=true needs a CUDA device, .* device is cpu",
+        ),
         ("results_dir=null", r"results_dir must be a folder .*, got None\."),
         ("results_dir=''", r"results_dir must be a folder .*, got ''\."),
         ("task.train_size=abc", r"task\.train_size must be a positive whole number .*got 'abc'"),

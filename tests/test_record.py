@@ -102,3 +102,15 @@ def test_an_option_added_later_at_its_old_value_does_not_change_the_experiment()
     assert experiment_config({**new, "train": {"epochs": 5, "steps": 2000}}) != (
         experiment_config(old)
     )
+
+
+def test_cuda_graphs_at_auto_keeps_the_fingerprint_of_runs_recorded_before_the_option():
+    from cl_bayes.record import experiment_config
+
+    old = {"seed": 0, "train": {"epochs": 5}}
+    assert experiment_config({"seed": 0, "train": {"epochs": 5, "cuda_graphs": "auto"}}) == (
+        experiment_config(old)
+    )
+    assert experiment_config({"seed": 0, "train": {"epochs": 5, "cuda_graphs": False}}) != (
+        experiment_config(old)
+    )

@@ -55,6 +55,10 @@ class AGEM(Method):
         Memory examples drawn for each reference gradient (P_ref, 256 in the paper).
     """
 
+    # Not capturable: the reference batch is gathered from the memory grouped by task on
+    # the host (memory.batch reads their tasks with .tolist(), a device sync).
+    capturable_step = False
+
     def __init__(self, memory_per_task: int = 250, reference_batch_size: int = 256):
         check_positive("memory_per_task", memory_per_task)
         check_positive("reference_batch_size", reference_batch_size)

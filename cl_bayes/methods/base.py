@@ -41,6 +41,20 @@ between backward and step; DER++: as ER, with the logits of each stored batch ke
 distilled; VCL: the posterior becomes the next prior, and prediction averages the softmax
 over weight samples; MC dropout: dropout stays on at prediction, and the softmax is averaged
 over dropout masks.)
+
+``capturable_step`` (a class attribute, False by default) declares that :meth:`train_step`
+may be captured once in a CUDA graph and replayed at every later step of the task
+(``train.cuda_graphs``, :mod:`cl_bayes.cuda_graphs`). A replay repeats the captured kernels
+and nothing else, so True is honest only for a step that never waits for the device (no
+``.item()``, ``.tolist()``, ``nonzero()``, no CPU tensor copied to the device), takes no
+Python branch on a tensor's value, makes tensors of the same shapes at every step, and
+changes no Python state from step to step within a task (state fixed for the task, such as
+LwF's snapshot, is fine: each task is captured afresh). Random numbers are fine when drawn
+from torch's default CUDA generator, which every replay advances. The default step
+(cross-entropy, zero_grad, backward, step) qualifies: ``Finetune`` and ``Joint`` declare
+True, as LwF and MC dropout do; the loop replays only batches answered by one head. A
+method that is not sure keeps False and trains eagerly: the quadratic penalties (EWC, online
+EWC, SI, MAS, L2), ER, A-GEM, DER++ and VCL do, each saying why in its own file.
 """
 
 from __future__ import annotations
@@ -61,7 +75,16 @@ def logits(model: nn.Module, batch: LabelledData) -> Tensor:
 
 
 class Method:
-    """Base class: plain training on the current task's data with cross-entropy."""
+    """Base class: plain training on the current task's data with cross-entropy.
+
+    Attributes
+    ----------
+    capturable_step
+        Whether :meth:`train_step` may be captured in a CUDA graph and replayed (see the
+        module's docstring for what that asks of a step). False unless a method declares it.
+    """
+
+    capturable_step: bool = False
 
     def training_data(self, task_id: int, seen: Sequence[LabelledData]) -> LabelledData:
         """The data to train on for task ``task_id``.

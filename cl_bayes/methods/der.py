@@ -69,6 +69,10 @@ class DER(Method):
         Weight of the memory's cross-entropy term (β; 0 gives DER).
     """
 
+    # Not capturable: as ER, the memory grows during the task and its batches are drawn and
+    # grouped on the host; stored logits are written after every step.
+    capturable_step = False
+
     def __init__(
         self,
         memory_size: int = 500,

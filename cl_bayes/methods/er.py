@@ -48,6 +48,10 @@ class ER(Method):
         ``reservoir`` (the paper's) or ``class_balanced`` (equal slots per class seen).
     """
 
+    # Not capturable: the memory grows during the task, and replay batches are drawn and
+    # grouped by task on the host (memory.batch reads their tasks with .tolist()).
+    capturable_step = False
+
     def __init__(
         self,
         memory_size: int = 500,

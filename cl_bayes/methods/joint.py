@@ -21,6 +21,10 @@ from cl_bayes.models.mlp import reset_parameters
 class Joint(Method):
     """Retrain from scratch on tasks ``0 .. t`` after each new task ``t``."""
 
+    # The default step, on the union of the tasks. Where their examples have several heads
+    # (task-incremental) the network routes them on the host: the loop trains those eagerly.
+    capturable_step = True
+
     def training_data(self, task_id: int, seen: Sequence[LabelledData]) -> LabelledData:
         """All training examples of tasks ``0 .. task_id``, each with its own head."""
         return LabelledData.concat(seen[: task_id + 1])

@@ -64,6 +64,10 @@ class LwF(Method):
         Li & Hoiem 2017).
     """
 
+    # Cross-entropy plus distillation from a snapshot fixed for the task (taken in
+    # before_task, before the task's capture); branches only on that task-long state.
+    capturable_step = True
+
     def __init__(self, distillation_weight: float = 1.0, temperature: float = 2.0):
         if not _is_number(distillation_weight) or distillation_weight < 0:
             raise ConfigError(

@@ -43,6 +43,10 @@ class MCDropout(Method):
         which final figures may set.
     """
 
+    # The default step; the dropout masks come from torch's default CUDA generator, whose
+    # offset every replay advances (fresh masks at every step, as eagerly).
+    capturable_step = True
+
     def __init__(self, predict_samples: int = 10):
         if (
             isinstance(predict_samples, bool)

@@ -69,6 +69,10 @@ class QuadraticPenalty(Method):
         The factor in front of the sum (e.g. ``lambda / 2`` for EWC).
     """
 
+    # Not capturable: on the first task (no anchor yet) add_penalty_gradient returns a CPU
+    # zero that train_step copies to the device, which a capture refuses (SI's step too).
+    capturable_step = False
+
     def __init__(self, scale: float):
         self.scale = scale
         self.importance: dict[str, Tensor] = {}

@@ -64,6 +64,10 @@ class VCL(Method):
         Show progress bars for the maximum-likelihood start and coreset fine-tuning.
     """
 
+    # Not declared capturable: the negative ELBO's weight sampling and closed-form KL
+    # (cl_bayes/bayes) have not been checked under a capture against eager steps on a GPU.
+    capturable_step = False
+
     def __init__(
         self,
         epochs: int,

@@ -63,6 +63,15 @@ def test_every_method_config_is_checked():
 
 
 @pytest.mark.parametrize("name", METHODS)
+def test_every_method_says_whether_its_step_can_be_captured(tmp_path, name):
+    method = instantiate(_config(tmp_path, name).method)
+    # A bool, not something truthy: the loop replays the step only on an explicit True.
+    assert type(method.capturable_step) is bool
+    if name == "finetune":  # the default step: cross-entropy, backward, step
+        assert method.capturable_step is True
+
+
+@pytest.mark.parametrize("name", METHODS)
 @pytest.mark.parametrize("scenario", ["task", "domain", "class"])
 def test_predict_returns_log_probabilities(tmp_path, name, scenario):
     cfg = _config(tmp_path, name, f"scenario={scenario}")
