@@ -3,7 +3,11 @@
 Both train a 784-256-256 MLP with a 2-unit head (Adam, lr 1e-3, batch 128) for one epoch on
 the same in-memory tensors: the first Split-MNIST task (digits 0/1, ~12.7k examples).
 Prints the median epoch time of each over several repetitions, their ratio (target
-<= 1.15) and the peak resident memory.
+<= 1.15) and the peak resident memory. On a CUDA device it also times the suite's epoch with
+the step replayed from a CUDA graph (``train.cuda_graphs``; its warm-up and capture
+included, as every task pays them), and the time per step of both suite loops once they
+run steadily (a two-epoch task's time minus a one-epoch task's, over the steps of an
+epoch), so that one call measures the step with and without graphs.
 
     python benchmarks/finetune_epoch.py [--repeats 7] [--device cpu]
 """
@@ -11,6 +15,7 @@ Prints the median epoch time of each over several repetitions, their ratio (targ
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import resource
 import statistics
@@ -73,18 +78,29 @@ def main() -> None:
     data = scenario.labelled(sequence, 0, "train")
     x, y = data.x, data.y
 
-    suite_times, minimal_times = [], []
-    for repeat in range(args.repeats + 1):  # the first round warms up both
+    def suite_epoch(repeat: int, cuda_graph: bool, epochs: int = 1) -> float:
+        cfg.train.epochs = epochs
         torch.manual_seed(repeat)
         model = instantiate(
             cfg.model, input_shape=[1, 28, 28], head_sizes=scenario.head_sizes(sequence)
         )
         model = model.to(device)
         started = time.perf_counter()
-        train_task(cfg, Finetune(), model, data, 0, sequence.n_tasks)
+        train_task(cfg, Finetune(), model, data, 0, sequence.n_tasks, cuda_graph=cuda_graph)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        suite = time.perf_counter() - started
+        return time.perf_counter() - started
+
+    graphs = device.type == "cuda"
+    suite_times, minimal_times = [], []
+    # On CUDA: the one-epoch time with graphs, and each loop's second epoch (steady steps).
+    graph_times, steady_eager, steady_graph = [], [], []
+    for repeat in range(args.repeats + 1):  # the first round warms up both
+        suite = suite_epoch(repeat, cuda_graph=False)
+        if graphs:
+            graph = suite_epoch(repeat, cuda_graph=True)
+            eager_second = suite_epoch(repeat, cuda_graph=False, epochs=2) - suite
+            graph_second = suite_epoch(repeat, cuda_graph=True, epochs=2) - graph
 
         torch.manual_seed(repeat)
         started = time.perf_counter()
@@ -93,12 +109,24 @@ def main() -> None:
         if repeat:
             suite_times.append(suite)
             minimal_times.append(minimal)
+            if graphs:
+                graph_times.append(graph)
+                steady_eager.append(eager_second)
+                steady_graph.append(graph_second)
 
     suite, minimal = statistics.median(suite_times), statistics.median(minimal_times)
     print(f"device {device}, {len(y)} examples, batch 128, median of {args.repeats} epochs")
     print(f"suite epoch   : {suite:.4f} s")
     print(f"minimal epoch : {minimal:.4f} s")
     print(f"ratio         : {suite / minimal:.3f} (target <= 1.15)")
+    if graphs:
+        steps = math.ceil(len(y) / 128)
+        graph = statistics.median(graph_times)
+        eager_step = statistics.median(steady_eager) / steps
+        graph_step = statistics.median(steady_graph) / steps
+        print(f"suite epoch, CUDA graphs    : {graph:.4f} s (warm-up and capture included)")
+        print(f"step, eager, second epoch   : {1e3 * eager_step:.3f} ms ({steps} steps an epoch)")
+        print(f"step, CUDA graphs, 2nd epoch: {1e3 * graph_step:.3f} ms")
     print(f"peak RSS      : {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     if device.type == "cuda":
         print(f"peak CUDA     : {torch.cuda.max_memory_allocated() / 2**20:.0f} MB")
