@@ -214,7 +214,12 @@ class MeanFieldLayer(nn.Module, abc.ABC):
         return torch.addcmul(mean, variance.sqrt(), noise)
 
     def sample_weights(self, x: Tensor, n_samples: int) -> Tensor:
-        """Outputs for ``n_samples`` weight draws, each shared by the whole batch."""
+        """Outputs for ``n_samples`` weight draws, each shared by the whole batch.
+
+        All the draws of a tensor come from one ``randn`` (weights, then biases) and go to
+        :meth:`per_sample_op` together, one batched operation for the K samples;
+        :class:`~cl_bayes.bayes.linear.MeanFieldLinear` does the same in one autograd node.
+        """
         draws = []
         for name in NAMES:
             mean = getattr(self, f"{name}_posterior_mean")

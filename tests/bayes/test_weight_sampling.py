@@ -1,11 +1,14 @@
 """``sampling="weights"``: one weight draw per Monte Carlo sample, shared by the batch."""
 
 import math
+from functools import partial
 
 import pytest
 import torch
+from torch.distributions import Normal, kl_divergence
 
 from cl_bayes.bayes.conv import MeanFieldConv2d
+from cl_bayes.bayes.layer import MeanFieldLayer
 from cl_bayes.bayes.linear import MeanFieldLinear
 from cl_bayes.errors import ConfigError
 from cl_bayes.models.bayes_mlp import BayesMLP
@@ -101,3 +104,115 @@ def test_bayes_mlp_passes_sampling_to_every_layer_and_rejects_unknown_modes():
         BayesMLP(8, [5], [2], sampling="flipout")
     with pytest.raises(ValueError, match="sampling"):
         MeanFieldLinear(3, 2, sampling="flipout")
+
+
+def _loop_over_samples(layer, x, n_samples):
+    """Reference: the layer's K weight draws applied one sample at a time.
+
+    Draws the noise as the layer does (all the weights' draws, then all the biases'), so
+    after the same seed it uses the same numbers.
+    """
+    weight_noise = torch.randn((n_samples, *layer.weight_posterior_mean.shape), dtype=x.dtype)
+    bias_noise = torch.randn((n_samples, *layer.bias_posterior_mean.shape), dtype=x.dtype)
+    weight_std = layer.weight_posterior_log_var.mul(0.5).exp()
+    bias_std = layer.bias_posterior_log_var.mul(0.5).exp()
+    outputs = []
+    for k in range(n_samples):
+        weight = layer.weight_posterior_mean + weight_std * weight_noise[k]
+        bias = layer.bias_posterior_mean + bias_std * bias_noise[k]
+        outputs.append(torch.nn.functional.linear(x if x.dim() == 2 else x[k], weight, bias))
+    return torch.stack(outputs)
+
+
+def _weighted_sum(out):
+    """A loss whose gradient differs from element to element."""
+    return (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum()
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared input", "one input per sample"])
+def test_batched_weight_sampling_equals_a_loop_over_samples_with_the_same_noise(shared):
+    layer = _linear().double()
+    k = 5
+    x = torch.randn((4, 6) if shared else (k, 4, 6), dtype=torch.double, requires_grad=True)
+    inputs = [x, *layer.parameters()]
+    results = []
+    for forward in (layer, partial(_loop_over_samples, layer)):
+        torch.manual_seed(3)
+        out = forward(x, n_samples=k) if forward is layer else forward(x, k)
+        results.append((out, torch.autograd.grad(_weighted_sum(out) + (out**2).sum(), inputs)))
+    (batched, batched_grads), (loop, loop_grads) = results
+    assert batched.shape == loop.shape == (k, 4, 3)
+    assert torch.allclose(batched, loop)
+    assert not torch.allclose(batched[0], batched[1])  # K distinct draws
+    for got, want in zip(batched_grads, loop_grads, strict=True):
+        assert got.abs().sum() > 0 and torch.allclose(got, want)
+
+
+def test_the_batched_linear_layer_draws_what_the_generic_layer_draws():
+    """Same seed, same draws (the generic path draws weight by weight as before)."""
+    layer = _linear()
+    x = torch.randn(4, 6)
+    results = []
+    for sample_weights in (layer.sample_weights, partial(MeanFieldLayer.sample_weights, layer)):
+        torch.manual_seed(4)
+        out = sample_weights(x, 7)
+        results.append((out, torch.autograd.grad(_weighted_sum(out), list(layer.parameters()))))
+    (batched, batched_grads), (generic, generic_grads) = results
+    # float32: equal up to rounding (a fused multiply-add, a batched product)
+    assert torch.allclose(batched, generic, rtol=1e-6, atol=1e-6)
+    for got, want in zip(batched_grads, generic_grads, strict=True):
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_batched_weight_sampling_passes_gradcheck():
+    layer = _linear().double()
+
+    def with_fixed_noise(x, *parameters):  # gradcheck perturbs the parameters in place
+        torch.manual_seed(6)
+        return layer(x, n_samples=3)
+
+    for shape in ((4, 6), (3, 4, 6)):
+        x = torch.randn(shape, dtype=torch.double, requires_grad=True)
+        assert torch.autograd.gradcheck(with_fixed_noise, (x, *layer.parameters()))
+
+
+def test_per_example_heads_get_their_own_head_with_k_weight_samples():
+    """Routing to per-example heads: each head's rows get that head's K draws."""
+    torch.manual_seed(0)
+    model = BayesMLP(6, [5, 4], [3, 3, 3], init_log_var=-1.0, sampling="weights").double()
+    x = torch.randn(7, 6, dtype=torch.double)
+    x[1] = x[2] = x[0]
+    heads = torch.tensor([2, 0, 2, 1, 0, 2, 1])
+    k = 4
+    parameters = list(model.parameters())
+    torch.manual_seed(8)
+    routed = model(x, heads, n_samples=k)
+    routed_loss = _weighted_sum(routed) + model.kl([0, 1, 2])
+    routed_grads = torch.autograd.grad(routed_loss, parameters)
+
+    torch.manual_seed(8)
+    h = x
+    for layer in model.body:
+        h = torch.relu(_loop_over_samples(layer, h, k))
+    expected = torch.empty(k, 7, 3, dtype=torch.double)
+    for head in range(3):  # route_heads visits the heads in increasing index order
+        rows = heads == head
+        expected[:, rows] = _loop_over_samples(model.heads[head], h[:, rows], k)
+    kl = sum(
+        kl_divergence(
+            Normal(getattr(layer, f"{name}_posterior_mean"), posterior_std),
+            Normal(getattr(layer, f"{name}_prior_mean"), 1.0),
+        ).sum()
+        for layer in model.layers([0, 1, 2])
+        for name in ("weight", "bias")
+        for posterior_std in [getattr(layer, f"{name}_posterior_log_var").mul(0.5).exp()]
+    )
+    expected_grads = torch.autograd.grad(_weighted_sum(expected) + kl, parameters)
+
+    assert routed.shape == (k, 7, 3) and torch.allclose(routed, expected)
+    assert torch.allclose(model.kl([0, 1, 2]), kl)
+    for got, want in zip(routed_grads, expected_grads, strict=True):
+        assert got.abs().sum() > 0 and torch.allclose(got, want)
+    # One input: through the same head, the same draws; through another head, other draws.
+    assert torch.equal(routed[:, 0], routed[:, 2])
+    assert not torch.allclose(routed[:, 0], routed[:, 1])
