@@ -84,6 +84,8 @@ def predictions(
 ) -> Tensor:
     """``method.predict(..., samples=True)`` over ``data`` in chunks: ``(samples, n, outputs)``."""
     model.eval()
+    if len(data) <= chunk:  # one call, on the data's own tensors (no copy)
+        return method.predict(model, data, samples=True)
     parts = []
     for start in range(0, len(data), chunk):
         rows = torch.arange(start, min(start + chunk, len(data)), device=data.y.device)
