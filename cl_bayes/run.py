@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from cl_bayes import checkpoint, metrics
@@ -81,7 +82,11 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     _check_writable(output_dir, "the run's output directory (hydra.run.dir)")
     _check_writable(Path(cfg.results_dir) / "runs", "results_dir")
     joint_R = _joint_reference(cfg)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, job_number())
+    if device.index is not None:
+        # The job's GPU becomes the current one, so that what runs on the current GPU (streams,
+        # synchronisation, cuBLAS handles) runs on it, and no context is opened on GPU 0.
+        torch.cuda.set_device(device)
     asked_for(cfg.train.get("cuda_graphs", "auto"), device)  # true on a CPU: fail before loading
     memory_scope = start_peak_memory(device)  # this run's own peak, not the process's
     seed_everything(cfg.seed)
@@ -304,14 +309,55 @@ class EpochMetrics(Mapping[str, float]):
         return len(self._read())
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU."""
+def resolve_device(name: str, job_number: int | None = None) -> torch.device:
+    """The ``torch.device`` of ``device=<name>``.
+
+    ``auto`` is :func:`auto_device` with this machine's visible GPUs, given ``job_number``
+    (this job's number in a multirun, ``None`` for a single run); any other name (``cpu``,
+    ``cuda``, ``cuda:1``) is taken as it is.
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return auto_device(job_number, torch.cuda.device_count())
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={name} was asked for but CUDA is not available: use device=cpu.")
     return device
+
+
+def auto_device(job_number: int | None, gpu_count: int) -> torch.device:
+    """The device ``device=auto`` stands for: jobs of a multirun take the GPUs in turn.
+
+    Parameters
+    ----------
+    job_number
+        The job's number in a multirun (Hydra's ``hydra.job.num``, from 0); ``None`` for a
+        single run.
+    gpu_count
+        GPUs the job can see (``torch.cuda.device_count()``, after ``CUDA_VISIBLE_DEVICES``).
+
+    Returns
+    -------
+    torch.device
+        The CPU without a GPU; ``cuda`` (the current GPU, GPU 0) for a single run or with one
+        GPU; ``cuda:<job_number mod gpu_count>`` for a multirun job with several GPUs, so that
+        jobs run at once (``hydra/launcher=gpu_shared``) share the GPUs out evenly: they are
+        started in order of their numbers.
+    """
+    if gpu_count == 0:
+        return torch.device("cpu")
+    if job_number is None or gpu_count == 1:
+        return torch.device("cuda")
+    return torch.device("cuda", job_number % gpu_count)
+
+
+def job_number() -> int | None:
+    """The number of the running job in a Hydra multirun (``hydra.job.num``); else ``None``."""
+    if not HydraConfig.initialized():
+        return None
+    hydra_config = HydraConfig.get()
+    if hydra_config.mode != RunMode.MULTIRUN:
+        return None
+    return int(hydra_config.job.num)
 
 
 def seed_everything(seed: int) -> None:

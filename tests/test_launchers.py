@@ -13,11 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from cl_bayes.config import CONF_DIR, register_task_sequences
+from cl_bayes.run import auto_device
 from tests.conftest import TINY, run_cli
 
 PRESETS = CONF_DIR / "hydra" / "launcher"
@@ -74,7 +76,14 @@ def assert_progress_lines(out: str, overrides_of_jobs: list[str]) -> None:
 
 def test_no_preset_shadows_a_plugins_own_config():
     names = {path.stem for path in PRESETS.glob("*.yaml")}
-    assert names >= {"local_parallel", "local_submitit", "slurm", "ray_local", "ray_cluster"}
+    assert names >= {
+        "local_parallel",
+        "gpu_shared",
+        "local_submitit",
+        "slurm",
+        "ray_local",
+        "ray_cluster",
+    }
     assert not names & PLUGIN_CONFIGS
 
 
@@ -84,6 +93,16 @@ def test_local_parallel_runs_one_job_per_core_with_joblib():
     assert launcher.n_jobs == -1 and launcher.prefer == "processes"
     assert launcher_config("local_parallel", "hydra.launcher.n_jobs=4").n_jobs == 4
     instantiate(launcher)  # every key is one the launcher takes
+
+
+def test_gpu_shared_is_local_parallel_with_a_few_jobs_at_once():
+    launcher = launcher_config("gpu_shared")
+    parallel = launcher_config("local_parallel")
+    assert launcher._target_ == parallel._target_ and launcher.prefer == "processes"
+    # A few jobs, not one per CPU core (local_parallel): what suits a GPU is measured.
+    assert launcher.n_jobs == 4
+    assert launcher_config("gpu_shared", "hydra.launcher.n_jobs=8").n_jobs == 8
+    instantiate(launcher)
 
 
 def test_slurm_gives_each_job_one_gpu_and_leaves_the_partition_to_the_user():
@@ -228,6 +247,26 @@ def test_parallel_jobs_writing_into_one_results_dir_leave_every_record_intact(tm
     assert len({Path(r["record_path"]).parent.name for r in records}) == 4
     assert_progress_lines(out, [f"seed={s}" for s in range(4)])
     assert not (tmp_path / "sweep" / ".sweep_progress").exists()
+
+
+def test_a_gpu_shared_sweep_runs_its_jobs_at_once_each_on_the_device_auto_gives_it(tmp_path):
+    proc, out, records = sweep(
+        tmp_path,
+        "task=synthetic",
+        "task.n_tasks=2",
+        "method=finetune",
+        "device=auto",
+        "seed=0,1",
+        "hydra/launcher=gpu_shared",
+        "hydra.launcher.n_jobs=2",
+    )
+    assert "Joblib.Parallel(n_jobs=2" in out
+    assert sorted(r["seed"] for r in records) == [0, 1]
+    assert all(r["status"] == "completed" and r["tasks_completed"] == 2 for r in records)
+    gpus = torch.cuda.device_count()
+    devices = {r["seed"]: r["device"] for r in records}  # seed k is job k here
+    assert devices == {k: str(auto_device(k, gpus)) for k in (0, 1)}
+    assert_progress_lines(out, ["seed=0", "seed=1"])
 
 
 def test_a_submitit_local_sweep_writes_a_record_per_job(tmp_path, data_root):

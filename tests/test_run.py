@@ -13,12 +13,17 @@ import time
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import OmegaConf, open_dict
 
 import cl_bayes
 from cl_bayes import checkpoint, metrics
+from cl_bayes.config import CONF_DIR, register_task_sequences
 from cl_bayes.errors import ConfigError, DataNotFoundError, TrainingDiverged
 from cl_bayes.methods.finetune import Finetune
-from cl_bayes.run import resolve_device, run
+from cl_bayes.run import auto_device, job_number, resolve_device, run
 
 
 class DivergesAtTask(Finetune):
@@ -266,6 +271,43 @@ def test_device_choice():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_auto_gives_multirun_jobs_the_gpus_in_turn_and_a_single_run_gpu_0():
+    # GPUs visible: the devices of a single run, then of multirun jobs 0..5.
+    expected = {
+        0: ["cpu"] * 7,
+        1: ["cuda"] * 7,  # one GPU: every job on it, as before
+        2: ["cuda", "cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0", "cuda:1"],
+        3: ["cuda", "cuda:0", "cuda:1", "cuda:2", "cuda:0", "cuda:1", "cuda:2"],
+    }
+    for gpus, devices in expected.items():
+        got = [auto_device(job, gpus) for job in (None, 0, 1, 2, 3, 4, 5)]
+        assert got == [torch.device(name) for name in devices], gpus
+        assert [str(device) for device in got] == devices  # as the record's `device` says it
+    if torch.cuda.device_count() >= 2:
+        assert resolve_device("cuda:1", 0) == torch.device("cuda:1")  # an explicit GPU is kept
+
+
+def test_the_job_number_is_read_in_a_multirun_only():
+    assert job_number() is None  # not inside Hydra
+    register_task_sequences()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.mode = RunMode.MULTIRUN
+        cfg.hydra.job.num = 4
+    try:
+        HydraConfig.instance().set_config(cfg)
+        assert job_number() == 4
+        assert resolve_device("auto", job_number()) == auto_device(4, torch.cuda.device_count())
+        assert resolve_device("cpu", job_number()) == torch.device("cpu")  # explicit: kept
+        OmegaConf.set_readonly(cfg.hydra, False)
+        cfg.hydra.mode = RunMode.RUN  # a single run under Hydra
+        HydraConfig.instance().set_config(cfg)
+        assert job_number() is None
+    finally:
+        HydraConfig.instance().cfg = None
 
 
 def test_a_run_records_its_own_peak_memory_not_the_process_s(tmp_path, compose_cfg):
