@@ -5,7 +5,9 @@ record ``DIR/runs/*.json`` (see ``cl_bayes.record``; ``DIR`` defaults to ``resul
 groups the completed runs by (task, scenario, method, protocol, configuration) and writes, in
 ``--out`` (default ``DIR``):
 
-- ``leaderboard.md``: one table per (task, scenario), best mean ACC first, then the runs not
+- ``leaderboard.md``: one table per task, scenario and benchmark (task data, network size,
+  training schedule and optimiser: :func:`cl_bayes.report.groups.benchmark_fingerprint`),
+  named after the protocol most of its groups ran, best mean ACC first, then the runs not
   averaged in (failed, interrupted, still running, or superseded by a newer run of their seed);
 - ``leaderboard.html``: the same tables and, as PNG images embedded in the page, the mean
   accuracy matrix of each group, the average accuracy after each task and the forgetting of

@@ -6,14 +6,14 @@ Pure functions of the grouped records: nothing here reads files or draws.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
 from cl_bayes.metrics import pool_bins
-from cl_bayes.report.groups import GroupKey, group_name
+from cl_bayes.report.groups import GroupKey, benchmark_fingerprint, group_name
 from cl_bayes.report.settings import distinguishing_settings
 from cl_bayes.summary import SUMMARY_METRICS
 
@@ -52,7 +52,8 @@ class GroupSummary:
     ``show_config`` is true where other groups share the key's task, scenario, method and
     protocol, so that the configuration fingerprint tells them apart; ``settings`` then names
     the settings in which this group's configuration differs from theirs
-    (:func:`distinguishing_settings`).
+    (:func:`distinguishing_settings`). ``benchmark`` is the fingerprint of the benchmark its
+    runs ran (:func:`benchmark_fingerprint`): groups are ranked against those of the same one.
     """
 
     key: GroupKey
@@ -66,6 +67,7 @@ class GroupSummary:
     reliability_runs: int = 0
     show_config: bool = False
     settings: str = ""
+    benchmark: str = "none"
 
     @property
     def n(self) -> int:
@@ -188,6 +190,7 @@ def aggregate(
         reliability_runs=reliability_runs,
         show_config=show_config,
         settings=settings,
+        benchmark=benchmark_fingerprint(runs[0].get("config")) if runs else "none",
     )
 
 
@@ -224,14 +227,44 @@ def summarize_groups(groups: dict[GroupKey, list[dict[str, Any]]]) -> list[Group
     return sorted(summaries, key=rank_key)
 
 
-def sections(
-    groups: Sequence[GroupSummary],
-) -> list[tuple[tuple[str, str], list[GroupSummary]]]:
-    """Ranked ``groups`` split into one list per (task, scenario), keeping their order."""
-    by_section: dict[tuple[str, str], list[GroupSummary]] = {}
+class Section(NamedTuple):
+    """One table: the ranked groups of one task sequence, scenario and benchmark.
+
+    ``benchmark`` names the benchmark (:func:`benchmark_name`).
+    """
+
+    task: str
+    scenario: str
+    benchmark: str
+    groups: list[GroupSummary]
+
+
+def benchmark_name(groups: Sequence[GroupSummary]) -> str:
+    """The protocol most of ``groups`` carry; of equally many, the shortest, then A to Z."""
+    counts = Counter(g.key.protocol for g in groups)
+    return min(counts, key=lambda protocol: (-counts[protocol], len(protocol), protocol))
+
+
+def sections(groups: Sequence[GroupSummary]) -> list[Section]:
+    """Ranked ``groups`` split into one :class:`Section` per task, scenario and benchmark.
+
+    Groups keep their order; sections are sorted by task, scenario, then benchmark name.
+    Where two benchmarks of one task and scenario would get the same name, each name is
+    followed by its fingerprint.
+    """
+    by_benchmark: dict[tuple[str, str, str], list[GroupSummary]] = {}
     for group in groups:
-        by_section.setdefault((group.key.task, group.key.scenario), []).append(group)
-    return list(by_section.items())
+        key = (group.key.task, group.key.scenario, group.benchmark)
+        by_benchmark.setdefault(key, []).append(group)
+    names = {key: benchmark_name(members) for key, members in by_benchmark.items()}
+    uses = Counter((task, scenario, names[task, scenario, fp]) for task, scenario, fp in names)
+    found = []
+    for (task, scenario, fingerprint), members in by_benchmark.items():
+        name = names[task, scenario, fingerprint]
+        if uses[task, scenario, name] > 1:
+            name = f"{name} (benchmark {fingerprint})"
+        found.append(Section(task, scenario, name, members))
+    return sorted(found, key=lambda section: section[:3])
 
 
 def group_warnings(group: GroupSummary) -> list[str]:

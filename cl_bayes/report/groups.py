@@ -2,6 +2,7 @@
 
 A group is the runs of one task sequence, scenario, method, protocol and configuration
 (:class:`GroupKey`); of several runs of one seed in a group, only the newest is averaged.
+Groups are ranked together where they ran one benchmark (:func:`benchmark_fingerprint`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,43 @@ def config_fingerprint(config: Any) -> str:
     if not isinstance(config, dict):
         return "none"
     text = json.dumps(experiment_config(config), sort_keys=True)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:6]
+
+
+# The model settings that fix the network's size (a CNN's convolutions too). What its layers
+# are (Bayesian, with dropout, plain) belongs to the method and leaves the benchmark as it is.
+NETWORK_SETTINGS = ("hidden_sizes", "conv_channels", "pool_every")
+# The training schedule: a missing setting counts as null (``train.steps`` came later).
+SCHEDULE_SETTINGS = ("epochs", "steps", "batch_size")
+
+
+def benchmark_fingerprint(config: Any) -> str:
+    """The benchmark a record's run belongs to: 6 hex digits of the SHA-1 of its settings.
+
+    Runs of one benchmark share the whole task sequence node (``task``: data, split, number
+    of tasks, training size, validation fraction), the network's size (``model``
+    :data:`NETWORK_SETTINGS`), the training schedule (``train`` :data:`SCHEDULE_SETTINGS`)
+    and the optimiser (``optimizer._target_`` and ``lr``). Method settings, and the kind of
+    network (VCL's Bayesian MLP, MC dropout's or the deterministic MLP of one size), never
+    tell benchmarks apart, so that the leaderboard ranks them in one table; different
+    schedules or networks make different tables. ``none`` for a record without a ``config``.
+    """
+    if not isinstance(config, dict):
+        return "none"
+    kept = experiment_config(config)
+
+    def node(name: str) -> dict[str, Any]:
+        value = kept.get(name)
+        return value if isinstance(value, dict) else {}
+
+    model, train, optimizer = node("model"), node("train"), node("optimizer")
+    settings = {
+        "task": kept.get("task"),
+        "model": {k: model[k] for k in NETWORK_SETTINGS if k in model},
+        "train": {k: train.get(k) for k in SCHEDULE_SETTINGS},
+        "optimizer": {k: optimizer.get(k) for k in ("_target_", "lr")},
+    }
+    text = json.dumps(settings, sort_keys=True)
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:6]
 
 

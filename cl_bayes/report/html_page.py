@@ -7,7 +7,7 @@ from typing import Sequence
 
 from matplotlib.figure import Figure
 
-from cl_bayes.report.aggregate import GroupSummary, sections
+from cl_bayes.report.aggregate import GroupSummary, Section, sections
 from cl_bayes.report.groups import NotAveraged
 from cl_bayes.report.plots import (
     plot_average_accuracy,
@@ -64,8 +64,10 @@ def html_figure(figure: Figure, caption: str) -> str:
     )
 
 
-def html_section(task: str, scenario: str, groups: Sequence[GroupSummary]) -> str:
+def html_section(section: Section) -> str:
     """Table, average-accuracy and forgetting plots, one heatmap per group, then calibration."""
+    groups = section.groups
+    title = section_title(section.task, section.scenario, section.benchmark)
     plots = []
     if any(g.average_accuracy is not None for g in groups):
         plots.append(
@@ -82,7 +84,7 @@ def html_section(task: str, scenario: str, groups: Sequence[GroupSummary]) -> st
     ]
     return "\n".join(
         [
-            f"<h2>{html.escape(section_title(task, scenario))}</h2>",
+            f"<h2>{html.escape(title)}</h2>",
             html_table(leaderboard_table(groups)),
             f'<div class="plots">{"".join(plots)}</div>',
             "<h3>Mean accuracy matrices</h3>",
@@ -130,9 +132,7 @@ def render_html(groups: Sequence[GroupSummary], apart: Sequence[NotAveraged], co
     """The whole ``leaderboard.html``: one page, inline CSS and images."""
     n_records = sum(g.n for g in groups) + len(apart)
     body = [f"<h1>Leaderboard</h1>\n<p>{html.escape(legend(groups))}</p>"]
-    body += [
-        html_section(task, scenario, members) for (task, scenario), members in sections(groups)
-    ]
+    body += [html_section(section) for section in sections(groups)]
     if not groups:
         body.append("<p>No completed runs yet.</p>")
     body.append("<h2>Runs not averaged</h2>")

@@ -31,14 +31,14 @@ def markdown_table(table: Table) -> str:
 
 
 def markdown_tables(groups: Sequence[GroupSummary], level: int) -> str:
-    """The legend and one table per (task, scenario) under headings of ``level``."""
+    """The legend and one table per section (:func:`sections`) under headings of ``level``."""
     if not groups:
         return "No completed runs yet.\n"
     parts = [legend(groups)]
-    for (task, scenario), members in sections(groups):
+    for section in sections(groups):
         parts += [
-            f"{'#' * level} {section_title(task, scenario)}",
-            markdown_table(leaderboard_table(members)),
+            f"{'#' * level} {section_title(section.task, section.scenario, section.benchmark)}",
+            markdown_table(leaderboard_table(section.groups)),
         ]
     return "\n\n".join(parts) + "\n"
 

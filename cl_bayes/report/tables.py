@@ -39,7 +39,9 @@ LEGEND = (
     "again); n: number of runs; – in place of the std where a group has a single run. "
     f"{enumeration([in_prose(m) for m in ACCURACY_METRICS])} in % (formulas in "
     "cl_bayes/metrics.py); n/a: not applicable. Failed, interrupted, running and superseded "
-    "runs are listed apart and never averaged in."
+    "runs are listed apart and never averaged in. A table ranks the groups of one task, "
+    "scenario and benchmark (task data, network size, training schedule and optimiser), "
+    "named after the protocol most of its groups ran."
 )
 # Added to the legend where a table shows calibration columns (cl_bayes/evaluation.py measures
 # them; records written before then have none, and their legend stays as it was).
@@ -144,7 +146,13 @@ def not_averaged_table(runs: Sequence[NotAveraged]) -> Table:
     return Table(header, rows, [False, False, True, False, False])
 
 
-def section_title(task: str, scenario: str) -> str:
-    """``split_mnist · task-incremental (multi-head)``: the scenario and its head type."""
+def section_title(task: str, scenario: str, benchmark: str) -> str:
+    """``split_mnist · task-incremental (multi-head) · vcl_split_mnist``.
+
+    The task sequence, the scenario with its head type, and the benchmark's name
+    (:func:`cl_bayes.report.aggregate.benchmark_name`).
+    """
     title = f"{task} · {SCENARIO_NAMES.get(scenario, scenario)}"
-    return f"{title} ({HEAD_TYPES[scenario]})" if scenario in HEAD_TYPES else title
+    if scenario in HEAD_TYPES:
+        title = f"{title} ({HEAD_TYPES[scenario]})"
+    return f"{title} · {benchmark}"

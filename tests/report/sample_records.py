@@ -152,3 +152,24 @@ def rows_of(markdown: str) -> list[str]:
     tables = markdown.split("## Runs not averaged")[0]
     lines = [line for line in tables.splitlines() if line.startswith("| ")]
     return [line for line in lines if not line.startswith("| #")]
+
+
+def on_benchmark(
+    record: dict,
+    hidden_sizes: tuple[int, ...],
+    epochs: int,
+    *,
+    steps: int | None = None,
+    batch_size: int | None = None,
+    model: str = "cl_bayes.models.bayes_mlp.BayesMLP",
+) -> dict:
+    """``record`` with the task, network, schedule and optimiser a real record's config holds."""
+    record["config"].update(
+        task={"name": record["task"], "n_tasks": 2, "val_fraction": 0.0},
+        model={"_target_": model, "hidden_sizes": list(hidden_sizes)},
+        optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 0.001},
+    )
+    record["config"]["train"] = {"epochs": epochs, "batch_size": batch_size}
+    if steps is not None:
+        record["config"]["train"]["steps"] = steps
+    return record

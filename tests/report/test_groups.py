@@ -10,8 +10,13 @@ import math
 
 import numpy as np
 
-from cl_bayes.report.groups import config_fingerprint, drop_repeated_seeds, group_runs
-from tests.report.sample_records import generate, make_record, rows_of, three_seeds
+from cl_bayes.report.groups import (
+    benchmark_fingerprint,
+    config_fingerprint,
+    drop_repeated_seeds,
+    group_runs,
+)
+from tests.report.sample_records import generate, make_record, on_benchmark, rows_of, three_seeds
 
 
 def test_a_seed_run_twice_counts_once_the_newer_run_kept_and_the_older_listed(tmp_path, caplog):
@@ -75,3 +80,32 @@ def test_an_option_added_later_at_its_old_value_keeps_the_fingerprint():
     assert config_fingerprint(local["config"]) == fingerprint
     assert config_fingerprint(weights["config"]) != fingerprint
     assert local["config"]["model"]["sampling"] == "local"  # the record itself is untouched
+
+
+def test_a_benchmark_is_the_task_network_size_schedule_and_optimiser_not_the_method():
+    vcl = on_benchmark(make_record("vcl"), (256, 256), 120)["config"]
+    expected = benchmark_fingerprint(vcl)
+    # Another method, another kind of network of the same size, the method's own settings and
+    # an explicit null for the steps a record written before them lacks: the same benchmark.
+    same = copy.deepcopy(vcl)
+    same["model"] = {"_target_": "cl_bayes.models.mlp.MLP", "hidden_sizes": [256, 256]}
+    same["model"]["dropout"] = 0.5
+    same["method"] = {"_target_": "cl_bayes.methods.mc_dropout.MCDropout", "samples": 10}
+    same["protocol"], same["train"]["steps"] = "other_name", None
+    assert benchmark_fingerprint(same) == expected
+    changes = {
+        "hidden sizes": ("model", "hidden_sizes", [400, 400]),
+        "convolutions": ("model", "conv_channels", [32, 32]),
+        "epochs": ("train", "epochs", 100),
+        "steps": ("train", "steps", 2000),
+        "batch size": ("train", "batch_size", 128),
+        "optimiser": ("optimizer", "_target_", "torch.optim.SGD"),
+        "learning rate": ("optimizer", "lr", 0.01),
+        "validation fraction": ("task", "val_fraction", 0.1),
+        "number of tasks": ("task", "n_tasks", 5),
+    }
+    for change, (section, name, value) in changes.items():
+        other = copy.deepcopy(vcl)
+        other[section][name] = value
+        assert benchmark_fingerprint(other) != expected, change
+    assert benchmark_fingerprint(None) == "none"

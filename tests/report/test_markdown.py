@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from cl_bayes.report.groups import benchmark_fingerprint
 from cl_bayes.report.tables import CALIBRATION_LEGEND, LEGEND
 from tests.report.sample_records import (
     COMMAND,
     calibrated_seeds,
     generate,
     make_record,
+    on_benchmark,
     rows_of,
     three_seeds,
 )
@@ -22,7 +24,7 @@ def test_table_row_holds_the_hand_computed_means_and_stds(tmp_path):
     assert (
         "| # | Method | Protocol | n | ACC (%) | BWT (%) | Forgetting (%) | FWT (%) |" in markdown
     )
-    assert "## split_mnist · task-incremental (multi-head)" in markdown
+    assert "## split_mnist · task-incremental (multi-head) · p" in markdown
     assert f"by `{COMMAND}`" in markdown
     assert "Intransigence" not in markdown and "ECE" not in markdown
 
@@ -71,8 +73,8 @@ def test_groups_are_separated_by_protocol_and_scenario(tmp_path):
         make_record("class-seed0", 0.40, scenario="class"),
     ]
     markdown, _ = generate(tmp_path, *records)
-    assert markdown.index("## split_mnist · class-incremental (single head)") < markdown.index(
-        "## split_mnist · task-incremental (multi-head)"
+    assert markdown.index("## split_mnist · class-incremental (single head) · p") < markdown.index(
+        "## split_mnist · task-incremental (multi-head) · p"
     )
     rows = rows_of(markdown)
     assert rows[0].startswith("| 1 | vcl | p | 1 | 40.00 ± – |")  # the class table
@@ -116,12 +118,14 @@ BEFORE_CALIBRATION = (
     "seed was run again); n: number of runs; – in place of the std where a group has a "
     "single run. ACC, BWT, forgetting, FWT and intransigence in % (formulas in "
     "cl_bayes/metrics.py); n/a: not applicable. Failed, interrupted, running and superseded "
-    "runs are listed apart and never averaged in.\n\n"
-    "## split_mnist · class-incremental (single head)\n\n"
+    "runs are listed apart and never averaged in. A table ranks the groups of one task, "
+    "scenario and benchmark (task data, network size, training schedule and optimiser), "
+    "named after the protocol most of its groups ran.\n\n"
+    "## split_mnist · class-incremental (single head) · p\n\n"
     "| # | Method | Protocol | n | ACC (%) | BWT (%) | Forgetting (%) | FWT (%) | Train time / "
     "run |\n|---:|---|---|---:|---:|---:|---:|---:|---:|\n"
     "| 1 | vcl | p | 1 | 50.00 ± – | -1.00 ± – | 2.00 ± – | n/a | 30.0 ± – s |\n\n"
-    "## split_mnist · task-incremental (multi-head)\n\n"
+    "## split_mnist · task-incremental (multi-head) · p\n\n"
     "| # | Method | Protocol | n | ACC (%) | BWT (%) | Forgetting (%) | FWT (%) | Train time / "
     "run |\n|---:|---|---|---:|---:|---:|---:|---:|---:|\n"
     "| 1 | vcl | p | 3 | 94.00 ± 4.00 | -2.00 ± 1.00 | 3.00 ± 2.65 | n/a | 40.0 ± 10.0 s |\n\n"
@@ -147,4 +151,85 @@ def test_calibration_columns_bring_their_sentence_into_the_legend(tmp_path):
         " 40.0 ± 10.0 s |",
         "| 2 | vcl | cal | 2 | 90.00 ± 0.00 | -1.00 ± 0.00 | 2.00 ± 0.00 | n/a | 15.00 ± 7.07 |"
         " 0.250 ± 0.000 | 30.0 ± 0.0 s |",
+    ]
+
+
+VCL_NETWORK, VCL_EPOCHS = (256, 256), 120  # vcl_split_mnist: 120 full-batch epochs per task
+THREE_SCENARIOS = {"hidden_sizes": (400, 400), "epochs": 5, "steps": 2000, "batch_size": 128}
+
+
+def headings(markdown: str) -> list[str]:
+    """The tables' headings, in order."""
+    return [line for line in markdown.splitlines() if line.startswith("## split_mnist")]
+
+
+def test_two_benchmarks_of_one_task_and_scenario_give_two_tables_each_ranked_alone(tmp_path):
+    vcl_protocol = [
+        *(on_benchmark(r, VCL_NETWORK, VCL_EPOCHS) for r in three_seeds("vcl_split_mnist")),
+        on_benchmark(
+            make_record("vcl-ft", 0.80, method="finetune", protocol="vcl_split_mnist"),
+            VCL_NETWORK,
+            VCL_EPOCHS,
+            model="cl_bayes.models.mlp.MLP",
+        ),
+    ]
+    three_scenarios = [
+        on_benchmark(
+            make_record(run_id, acc, method=method, protocol="three_scenarios_split_mnist"),
+            model="cl_bayes.models.mlp.MLP",
+            **THREE_SCENARIOS,
+        )
+        for run_id, acc, method in [("ts-ewc", 0.99, "ewc"), ("ts-ft", 0.95, "finetune")]
+    ]
+    markdown, html_text = generate(tmp_path, *vcl_protocol, *three_scenarios)
+    assert headings(markdown) == [
+        "## split_mnist · task-incremental (multi-head) · three_scenarios_split_mnist",
+        "## split_mnist · task-incremental (multi-head) · vcl_split_mnist",
+    ]
+    ranked = [row.split(" | ")[:4] for row in rows_of(markdown)]
+    assert ranked == [
+        ["| 1", "ewc", "three_scenarios_split_mnist", "1"],
+        ["| 2", "finetune", "three_scenarios_split_mnist", "1"],
+        ["| 1", "vcl", "vcl_split_mnist", "3"],
+        ["| 2", "finetune", "vcl_split_mnist", "1"],
+    ]
+    assert html_text.count("<h2>split_mnist · task-incremental (multi-head) · ") == 2
+
+
+def test_protocols_of_one_schedule_and_network_share_a_table_named_by_the_most_groups(tmp_path):
+    records = [
+        make_record("coreset", 0.98, protocol="vcl_split_mnist_random_coreset"),
+        make_record("vcl", 0.97, protocol="vcl_split_mnist"),
+        make_record("ft", 0.90, method="finetune", protocol="vcl_split_mnist"),
+    ]
+    model = {"model": "cl_bayes.models.mlp.MLP"}
+    records = [
+        on_benchmark(r, VCL_NETWORK, VCL_EPOCHS, **(model if r["run_id"] == "ft" else {}))
+        for r in records
+    ]
+    markdown, _ = generate(tmp_path, *records)
+    assert headings(markdown) == [
+        "## split_mnist · task-incremental (multi-head) · vcl_split_mnist"
+    ]
+    assert [row.split(" | ")[1] for row in rows_of(markdown)] == ["vcl", "vcl", "finetune"]
+    # one group each: the shortest name
+    tie = [
+        on_benchmark(make_record("k", protocol="vcl_split_mnist_k_center_coreset"), (8,), 1),
+        on_benchmark(make_record("r", protocol="vcl_split_mnist_random_coreset"), (8,), 1),
+    ]
+    markdown, _ = generate(tmp_path / "tie", *tie)
+    assert headings(markdown) == [
+        "## split_mnist · task-incremental (multi-head) · vcl_split_mnist_random_coreset"
+    ]
+
+
+def test_benchmarks_whose_names_collide_are_told_apart_by_their_fingerprints(tmp_path):
+    fast = on_benchmark(make_record("fast", protocol="p"), (100, 100), 10)
+    full = on_benchmark(make_record("full", protocol="p"), (100, 100), 100)
+    markdown, _ = generate(tmp_path, fast, full)
+    titles = headings(markdown)
+    fingerprints = sorted(benchmark_fingerprint(r["config"]) for r in (fast, full))
+    assert titles == [
+        f"## split_mnist · task-incremental (multi-head) · p (benchmark {fp})"
+        for fp in fingerprints
     ]

@@ -10,16 +10,22 @@ from cl_bayes.report.settings import distinguishing_settings
 from tests.report.sample_records import generate, make_record, rows_of, three_seeds
 
 
+def with_beta(record: dict, beta: float) -> dict:
+    """``record`` with ``method.beta`` set: a method setting, which keeps the benchmark."""
+    record["config"]["method"]["beta"] = beta
+    return record
+
+
 def test_settings_that_differ_under_one_protocol_give_labelled_rows(tmp_path):
-    short = [make_record(f"short{s}", 0.80 + s / 100, seed=s, epochs=1) for s in range(2)]
-    long = [make_record(f"long{s}", 0.95, seed=s, epochs=50) for s in range(3)]
+    short = [with_beta(make_record(f"short{s}", 0.80 + s / 100, seed=s), 1) for s in range(2)]
+    long = [with_beta(make_record(f"long{s}", 0.95, seed=s), 50) for s in range(3)]
     other = make_record("q0", 0.5, protocol="q")
     markdown, html_text = generate(tmp_path, *short, *long, other)
     short_fp = config_fingerprint(short[0]["config"])
     long_fp = config_fingerprint(long[0]["config"])
     assert short_fp != long_fp
-    long_label = f"p (config {long_fp}: method.epochs=50, train.epochs=50)"
-    short_label = f"p (config {short_fp}: method.epochs=1, train.epochs=1)"
+    long_label = f"p (config {long_fp}: method.beta=50)"
+    short_label = f"p (config {short_fp}: method.beta=1)"
     assert rows_of(markdown) == [
         f"| 1 | vcl | {long_label} | 3 | 95.00 ± 0.00 | -1.00 ± 0.00 | 2.00 ± 0.00 "
         "| n/a | 30.0 ± 0.0 s |",
