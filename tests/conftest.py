@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import subprocess
@@ -36,6 +37,32 @@ TINY = [
     "progress=false",
     "device=cpu",
 ]
+
+
+@contextlib.contextmanager
+def inside_hydra(*overrides: str, mode=None, job_num: int | None = None):
+    """Make the composed config (with its ``hydra`` node) the current Hydra config.
+
+    ``mode``: a ``hydra.types.RunMode`` (MULTIRUN for a job of a sweep); ``job_num``: the
+    job's number. Yields the config, whose ``hydra.mode`` may be changed and set again with
+    ``HydraConfig.instance().set_config``; the current config is cleared afterwards.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    register_task_sequences()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        if mode is not None:
+            cfg.hydra.mode = mode
+        if job_num is not None:
+            cfg.hydra.job.num = job_num
+    try:
+        HydraConfig.instance().set_config(cfg)
+        yield cfg
+    finally:
+        HydraConfig.instance().cfg = None
 
 
 def compose_config(*overrides: str):

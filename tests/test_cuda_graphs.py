@@ -37,7 +37,7 @@ from cl_bayes.models.mlp import MLP
 from cl_bayes.run import run
 from cl_bayes.training import fit, plain_step
 from tests.conftest import compose_config
-from tests.methods.runs import SYNTHETIC, run_method
+from tests.methods.runs import SYNTHETIC, run_method, run_stopped_after_task_1
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -302,18 +302,7 @@ def test_a_run_with_graphs_trains_as_eagerly_and_resumes_exactly(
     for key, value in models[1].items():
         torch.testing.assert_close(models[0][key], value, rtol=1e-4, atol=1e-5)
 
-    cls = type(instantiate(config().method))
-    real = cls.before_task
-
-    def stop_at_task_2(self, model, task_id, data):
-        if task_id == 1:
-            raise KeyboardInterrupt
-        return real(self, model, task_id, data)
-
-    monkeypatch.setattr(cls, "before_task", stop_at_task_2)
-    with pytest.raises(KeyboardInterrupt):
-        run(config("train.cuda_graphs=true"), tmp_path / "stopped")
-    monkeypatch.setattr(cls, "before_task", real)
+    run_stopped_after_task_1(config("train.cuda_graphs=true"), tmp_path / "stopped", monkeypatch)
     resumed = run(
         config("train.cuda_graphs=true", f"resume={tmp_path / 'stopped'}"), tmp_path / "other"
     )

@@ -13,17 +13,16 @@ import time
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 import cl_bayes
 from cl_bayes import checkpoint, metrics
-from cl_bayes.config import CONF_DIR, register_task_sequences
 from cl_bayes.errors import ConfigError, DataNotFoundError, TrainingDiverged
 from cl_bayes.methods.finetune import Finetune
 from cl_bayes.run import auto_device, job_number, resolve_device, run
+from tests.conftest import inside_hydra
 
 
 class DivergesAtTask(Finetune):
@@ -291,14 +290,7 @@ def test_auto_gives_multirun_jobs_the_gpus_in_turn_and_a_single_run_gpu_0():
 
 def test_the_job_number_is_read_in_a_multirun_only():
     assert job_number() is None  # not inside Hydra
-    register_task_sequences()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.mode = RunMode.MULTIRUN
-        cfg.hydra.job.num = 4
-    try:
-        HydraConfig.instance().set_config(cfg)
+    with inside_hydra(mode=RunMode.MULTIRUN, job_num=4) as cfg:
         assert job_number() == 4
         assert resolve_device("auto", job_number()) == auto_device(4, torch.cuda.device_count())
         assert resolve_device("cpu", job_number()) == torch.device("cpu")  # explicit: kept
@@ -306,8 +298,6 @@ def test_the_job_number_is_read_in_a_multirun_only():
         cfg.hydra.mode = RunMode.RUN  # a single run under Hydra
         HydraConfig.instance().set_config(cfg)
         assert job_number() is None
-    finally:
-        HydraConfig.instance().cfg = None
 
 
 def test_a_run_records_its_own_peak_memory_not_the_process_s(tmp_path, compose_cfg):

@@ -20,21 +20,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import wandb
-from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 from wandb.errors import UsageError
 from wandb.proto import wandb_internal_pb2
 
 import cl_bayes.run
-from cl_bayes.config import CONF_DIR, instantiate
+from cl_bayes.config import instantiate
 from cl_bayes.errors import ConfigError
 from cl_bayes.loggers.wandb import WandbLogger, sweep_group
 from cl_bayes.methods.finetune import Finetune
 from cl_bayes.methods.vcl import VCL
 from cl_bayes.run import run
-from tests.conftest import compose_config
+from tests.conftest import compose_config, inside_hydra
 
 # Small runs; epochs=2 so that every task logs more than one epoch.
 QUICK = ["task.train_size=200", "train.epochs=2", "model.hidden_sizes=[32]", "device=cpu"]
@@ -624,23 +623,12 @@ def test_a_resumed_run_logs_its_remaining_tasks_to_the_same_wandb_run(
 
 def test_a_multirun_groups_its_jobs_by_the_sweep_directory():
     assert sweep_group() is None  # not inside Hydra
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            "config",
-            ["hydra.sweep.dir=multirun/2026-11-22/10-00-00"],
-            return_hydra_config=True,
-        )
-    with open_dict(cfg):
-        cfg.hydra.mode = RunMode.MULTIRUN
-    try:
-        HydraConfig.instance().set_config(cfg)
+    with inside_hydra("hydra.sweep.dir=multirun/2026-11-22/10-00-00", mode=RunMode.MULTIRUN) as cfg:
         assert sweep_group() == "2026-11-22/10-00-00"
         OmegaConf.set_readonly(cfg.hydra, False)
         cfg.hydra.mode = RunMode.RUN  # a single run under Hydra
         HydraConfig.instance().set_config(cfg)
         assert sweep_group() is None
-    finally:
-        HydraConfig.instance().cfg = None
 
 
 def test_bad_settings_are_one_clear_error(monkeypatch):

@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cl_bayes import checkpoint
+from cl_bayes.config import instantiate
 from cl_bayes.run import run
 from tests.conftest import compose_config
 
@@ -47,6 +50,27 @@ def run_method(
         *base, f"method={method}", f"results_dir={tmp_path / 'results'}", *overrides
     )
     return run(cfg, tmp_path / method / "run")
+
+
+def run_stopped_after_task_1(cfg, run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run ``cfg`` into ``run_dir``, interrupted (Ctrl-C) as task 2 starts.
+
+    The method's ``before_task`` raises ``KeyboardInterrupt`` for task 2 and is restored
+    afterwards, so the folder holds task 1's checkpoint and an ``interrupted`` record, ready
+    for ``resume=<run_dir>``.
+    """
+    cls = type(instantiate(cfg.method))
+    real = cls.before_task
+
+    def stop_at_task_2(self, model, task_id, data):
+        if task_id == 1:
+            raise KeyboardInterrupt
+        return real(self, model, task_id, data)
+
+    monkeypatch.setattr(cls, "before_task", stop_at_task_2)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, run_dir)
+    monkeypatch.setattr(cls, "before_task", real)
 
 
 def saved_method_state(record: dict[str, Any]) -> dict[str, Any]:

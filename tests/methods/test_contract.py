@@ -21,7 +21,7 @@ from cl_bayes.config import CONF_DIR, instantiate
 from cl_bayes.run import run, train_task
 from cl_bayes.scenario import Scenario
 from tests.conftest import compose_config
-from tests.methods.runs import SYNTHETIC
+from tests.methods.runs import SYNTHETIC, run_stopped_after_task_1
 
 METHODS = sorted(path.stem for path in (CONF_DIR / "method").glob("*.yaml"))
 
@@ -176,18 +176,7 @@ def test_a_run_resumed_after_task_1_ends_exactly_as_the_uninterrupted_run(
 ):
     whole = run(_config(tmp_path, name), tmp_path / "whole")
 
-    cls = type(instantiate(_config(tmp_path, name).method))
-    real = cls.before_task
-
-    def stop_at_task_2(self, model, task_id, data):
-        if task_id == 1:
-            raise KeyboardInterrupt
-        return real(self, model, task_id, data)
-
-    monkeypatch.setattr(cls, "before_task", stop_at_task_2)
-    with pytest.raises(KeyboardInterrupt):
-        run(_config(tmp_path, name), tmp_path / "stopped")
-    monkeypatch.setattr(cls, "before_task", real)
+    run_stopped_after_task_1(_config(tmp_path, name), tmp_path / "stopped", monkeypatch)
     stopped = json.loads((tmp_path / "stopped" / "record.json").read_text())
     assert stopped["status"] == "interrupted" and stopped["tasks_completed"] == 1
 
