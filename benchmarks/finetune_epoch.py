@@ -29,6 +29,7 @@ from torch import nn
 
 from cl_bayes.config import CONF_DIR, register_task_sequences
 from cl_bayes.methods.finetune import Finetune
+from cl_bayes.record import device_name
 from cl_bayes.run import resolve_device, train_task
 from cl_bayes.scenario import Scenario
 
@@ -115,7 +116,8 @@ def main() -> None:
                 steady_graph.append(graph_second)
 
     suite, minimal = statistics.median(suite_times), statistics.median(minimal_times)
-    print(f"device {device}, {len(y)} examples, batch 128, median of {args.repeats} epochs")
+    print(f"device {device} ({device_name(device)}), {len(y)} examples, batch 128")
+    print(f"median of {args.repeats} epochs")
     print(f"suite epoch   : {suite:.4f} s")
     print(f"minimal epoch : {minimal:.4f} s")
     print(f"ratio         : {suite / minimal:.3f} (target <= 1.15)")

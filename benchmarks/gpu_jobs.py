@@ -32,8 +32,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -45,6 +43,7 @@ from pathlib import Path
 import torch
 
 from cl_bayes.config import REPO_ROOT
+from cl_bayes.record import device_name
 
 
 def sweep_command(
@@ -87,21 +86,14 @@ def run_sweep(command: list[str], workdir: Path, n_jobs: int) -> tuple[float, li
     return seconds, records
 
 
-def device_name() -> str:
+def visible_devices() -> str:
     """The GPU(s) the jobs can see, or this machine's CPU."""
     if torch.cuda.is_available():
         names = collections.Counter(
-            torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
+            device_name(torch.device("cuda", i)) for i in range(torch.cuda.device_count())
         )
         return ", ".join(f"{count} x {name}" for name, count in names.items())
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"CPU: {cpu}, {os.cpu_count()} cores"
+    return f"CPU: {device_name(torch.device('cpu'))}"
 
 
 def main() -> None:
@@ -119,7 +111,7 @@ def main() -> None:
     args = parser.parse_args()
     jobs = [int(n) for n in args.jobs.split(",")]
 
-    print(f"device: {device_name()}; torch {torch.__version__}", flush=True)
+    print(f"device: {visible_devices()}; torch {torch.__version__}", flush=True)
     rows = []
     for n_jobs in jobs:
         with tempfile.TemporaryDirectory(prefix="gpu_jobs-") as workdir:

@@ -5,7 +5,8 @@ Fields: ``run_id``, ``status`` (``running`` / ``completed`` / ``failed`` / ``int
 ``accuracy_matrix`` (``R[i][j]``, see ``cl_bayes.metrics``; ``null`` where not yet measured),
 ``baseline_accuracy`` (untrained model per task), ``summary`` (ACC, BWT, ...),
 ``tasks_completed``, ``train_seconds`` / ``eval_seconds`` per task, ``peak_memory_mb``,
-``versions``, ``device``, ``error``, ``started_at`` / ``updated_at`` (UTC, ISO 8601).
+``versions``, ``device`` (``cpu``, ``cuda``, ``cuda:1``), ``device_name`` (the GPU's name, or
+the CPU's model and core count), ``error``, ``started_at`` / ``updated_at`` (UTC, ISO 8601).
 """
 
 from __future__ import annotations
@@ -125,6 +126,20 @@ def versions() -> dict[str, str | None]:
         "cl_bayes": version("cl_bayes"),
         "git_commit": git_commit(),
     }
+
+
+def device_name(device: torch.device) -> str:
+    """What ``device`` is: the GPU's name (``NVIDIA H200``), else the CPU's model and cores."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return f"{cpu}, {os.cpu_count()} cores"
 
 
 # Linux: writing "5" to CLEAR_REFS resets the process's peak resident memory (VmHWM in STATUS).

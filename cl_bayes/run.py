@@ -47,6 +47,7 @@ from cl_bayes.methods.base import Method
 from cl_bayes.record import (
     LOCAL_KEYS,
     RECORD_NAME,
+    device_name,
     peak_memory_mb,
     start_peak_memory,
     utc_now,
@@ -107,6 +108,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     method: Method = instantiate(cfg.method)
     method_name = type(method).__module__.rsplit(".", 1)[-1]
     cuda_graph = use_cuda_graphs(cfg.train.get("cuda_graphs", "auto"), device, method)
+    method.cuda_graph = cuda_graph
     logger: Logger = instantiate(cfg.logger)
 
     if state is None:
@@ -382,6 +384,7 @@ def _new_record(cfg, sequence, scenario, method_name, device, T) -> dict[str, An
         "protocol": cfg.protocol,
         "seed": cfg.seed,
         "device": str(device),
+        "device_name": device_name(device),
         "n_tasks": T,
         "config": OmegaConf.to_container(cfg, resolve=True),
         "tasks_completed": 0,

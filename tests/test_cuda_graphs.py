@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import cl_bayes.methods.vcl
 import cl_bayes.training
 from cl_bayes import checkpoint
 from cl_bayes.config import CONF_DIR, instantiate
@@ -33,6 +34,8 @@ from cl_bayes.data import LabelledData
 from cl_bayes.errors import ConfigError
 from cl_bayes.methods.ewc import EWC
 from cl_bayes.methods.finetune import Finetune
+from cl_bayes.methods.vcl import VCL
+from cl_bayes.models.bayes_mlp import BayesMLP
 from cl_bayes.models.mlp import MLP
 from cl_bayes.run import run
 from cl_bayes.training import fit, plain_step
@@ -42,7 +45,7 @@ from tests.methods.runs import SYNTHETIC, run_method, run_stopped_after_task_1
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 # The methods that declare their step capturable, each checked on a GPU below.
-CAPTURABLE = ["finetune", "joint", "lwf", "mc_dropout"]
+CAPTURABLE = ["coreset_only", "finetune", "joint", "lwf", "mc_dropout", "vcl"]
 
 
 def _data(n: int, head: str = "one", with_index: bool = True, device="cpu") -> LabelledData:
@@ -140,6 +143,32 @@ def test_fit_feeds_the_captured_path_the_batches_of_the_eager_path(batch_size, s
     assert history == eager_history
     for a, b in zip(eager_params, params, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cuda_graph", [True, False])
+def test_vcl_replays_its_own_phases_where_the_run_replays_its_steps(cuda_graph, monkeypatch):
+    built, replayed = [], []
+
+    def recorded_optimizer(make_optimizer, params, captured):
+        built.append(captured)  # capturable Adam cannot step CPU tensors: build it eager
+        return build_optimizer(make_optimizer, params, captured=False)
+
+    class Recording(EagerlyCapturedStep):
+        def __init__(self, step, model, optimizer, data, batch_size):
+            super().__init__(step, model, optimizer, data, batch_size)
+            replayed.append(len(data))
+
+    monkeypatch.setattr(cl_bayes.methods.vcl, "build_optimizer", recorded_optimizer)
+    monkeypatch.setattr(cl_bayes.training, "CapturedStep", Recording)
+    torch.manual_seed(0)
+    method = VCL(2, 4, partial(torch.optim.Adam, lr=1e-3), coreset_size=3, progress=False)
+    method.cuda_graph = cuda_graph  # as the run sets it
+    model = BayesMLP(5, [4], [2])
+    data = method.training_data(0, [_data(10)])
+    method.before_task(model, 0, data)  # the maximum-likelihood start, on all 10 examples
+    method.after_task(model, 0, data)  # coreset tuning, on its 3 examples
+    assert built == [cuda_graph, cuda_graph]
+    assert replayed == ([10, 3] if cuda_graph else [])
 
 
 @pytest.mark.parametrize("setting", ["auto", True, False])
@@ -276,11 +305,17 @@ def test_a_captured_finetune_step_trains_as_the_eager_one(n, batch_size, capture
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
 
 
+# Every capturable method, and VCL with coresets too (its coreset tuning replays graphs).
+CORESETS = ("method.coreset_size=5",)
+RUNS = [(name, CORESETS if name == "coreset_only" else ()) for name in CAPTURABLE]
+RUNS.append(("vcl", CORESETS))
+
+
 @needs_cuda
 @pytest.mark.parametrize("scenario", ["task", "class"])
-@pytest.mark.parametrize("name", CAPTURABLE)
+@pytest.mark.parametrize("name, extra", RUNS, ids=[" ".join([n, *e]) for n, e in RUNS])
 def test_a_run_with_graphs_trains_as_eagerly_and_resumes_exactly(
-    tmp_path, name, scenario, captures, monkeypatch
+    tmp_path, name, extra, scenario, captures, monkeypatch
 ):
     def config(*overrides):
         return compose_config(
@@ -289,6 +324,7 @@ def test_a_run_with_graphs_trains_as_eagerly_and_resumes_exactly(
             f"method={name}",
             f"scenario={scenario}",
             f"results_dir={tmp_path}/results",
+            *extra,
             *overrides,
         )
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cl_bayes import record
-from cl_bayes.record import git_commit, peak_memory_mb, start_peak_memory
+from cl_bayes.record import device_name, git_commit, peak_memory_mb, start_peak_memory
 
 CPU = torch.device("cpu")
 MB = 2**20
@@ -114,3 +114,16 @@ def test_cuda_graphs_at_auto_keeps_the_fingerprint_of_runs_recorded_before_the_o
     assert experiment_config({"seed": 0, "train": {"epochs": 5, "cuda_graphs": False}}) != (
         experiment_config(old)
     )
+
+
+def test_the_device_name_is_the_cpu_model_with_its_cores_or_the_gpu_name(monkeypatch):
+    monkeypatch.setattr(record.os, "cpu_count", lambda: 7)
+    cpu = device_name(torch.device("cpu"))
+    model = next(
+        line.split(":", 1)[1].strip()
+        for line in Path("/proc/cpuinfo").read_text().splitlines()
+        if line.startswith("model name")
+    )
+    assert cpu == f"{model}, 7 cores"
+    if torch.cuda.is_available():
+        assert device_name(torch.device("cuda")) == torch.cuda.get_device_name(0)

@@ -21,6 +21,7 @@ import cl_bayes
 from cl_bayes import checkpoint, metrics
 from cl_bayes.errors import ConfigError, DataNotFoundError, TrainingDiverged
 from cl_bayes.methods.finetune import Finetune
+from cl_bayes.record import device_name
 from cl_bayes.run import auto_device, job_number, resolve_device, run
 from tests.conftest import inside_hydra
 
@@ -103,6 +104,7 @@ def test_a_tiny_run_writes_a_complete_record(run_tiny, tmp_path):
         "task",
     )
     assert record["seed"] == 0 and record["device"] == "cpu" and record["n_tasks"] == T
+    assert record["device_name"] == device_name(torch.device("cpu"))
     assert record["tasks_completed"] == T
     assert R.shape == (T, T)
     lower = np.tril_indices(T)

@@ -52,9 +52,12 @@ changes no Python state from step to step within a task (state fixed for the tas
 LwF's snapshot, is fine: each task is captured afresh). Random numbers are fine when drawn
 from torch's default CUDA generator, which every replay advances. The default step
 (cross-entropy, zero_grad, backward, step) qualifies: ``Finetune`` and ``Joint`` declare
-True, as LwF and MC dropout do; the loop replays only batches answered by one head. A
+True, as LwF, MC dropout and VCL do; the loop replays only batches answered by one head. A
 method that is not sure keeps False and trains eagerly: the quadratic penalties (EWC, online
-EWC, SI, MAS, L2), ER, A-GEM, DER++ and VCL do, each saying why in its own file.
+EWC, SI, MAS, L2), ER, A-GEM and DER++ do, each saying why in its own file. A method that
+trains phases of its own (VCL's maximum-likelihood start and coreset tuning) replays them
+from graphs where ``cuda_graph`` is True: the run sets it, once, to whether its own training
+steps are replayed.
 """
 
 from __future__ import annotations
@@ -82,9 +85,14 @@ class Method:
     capturable_step
         Whether :meth:`train_step` may be captured in a CUDA graph and replayed (see the
         module's docstring for what that asks of a step). False unless a method declares it.
+    cuda_graph
+        Whether this run replays the training steps from CUDA graphs (set by the run from
+        ``train.cuda_graphs``, the device and :attr:`capturable_step`); a method's own
+        training phases follow it.
     """
 
     capturable_step: bool = False
+    cuda_graph: bool = False
 
     def training_data(self, task_id: int, seen: Sequence[LabelledData]) -> LabelledData:
         """The data to train on for task ``task_id``.

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cl_bayes.coresets import k_center_coreset, random_coreset
+from cl_bayes.cuda_graphs import build_optimizer, replayable
 from cl_bayes.data import LabelledData
 from cl_bayes.errors import ConfigError
 from cl_bayes.methods.base import Method
@@ -64,9 +65,12 @@ class VCL(Method):
         Show progress bars for the maximum-likelihood start and coreset fine-tuning.
     """
 
-    # Not declared capturable: the negative ELBO's weight sampling and closed-form KL
-    # (cl_bayes/bayes) have not been checked under a capture against eager steps on a GPU.
-    capturable_step = False
+    # The negative ELBO's step never waits for the device: its noise comes from the default
+    # generator, its KL from buffers fixed for the task (the prior and its cached precision),
+    # and ``n_train`` and the heads are Python values fixed for the task. Its own phases (the
+    # maximum-likelihood start, coreset tuning) replay graphs too where the run does
+    # (``Method.cuda_graph``).
+    capturable_step = True
 
     def __init__(
         self,
@@ -259,7 +263,13 @@ class VCL(Method):
         return predictors
 
     def _fit(self, model: nn.Module, data: LabelledData, loss, label: str) -> None:
-        optimizer = self.optimizer(model.parameters())
+        """Train ``model`` on ``data`` by ``loss``: a phase of VCL's own, on a fresh optimiser.
+
+        Replayed from a CUDA graph where the run's training steps are (``cuda_graph``) and
+        the phase allows it (:func:`~cl_bayes.cuda_graphs.replayable`).
+        """
+        captured = self.cuda_graph and replayable(data, self.optimizer, label)
+        optimizer = build_optimizer(self.optimizer, model.parameters(), captured)
         step = partial(plain_step, loss)
         fit(
             model,
@@ -271,6 +281,7 @@ class VCL(Method):
             label,
             self.progress,
             steps=self.steps,
+            cuda_graph=captured,
         )
 
 
