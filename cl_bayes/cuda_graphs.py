@@ -29,7 +29,9 @@ momentum buffers it creates on its first step exist before the capture. Any othe
 trains eagerly. A phase whose examples are answered by several heads (joint training,
 task-incremental) also trains eagerly: the network routes examples to heads with
 ``unique().tolist()``, which waits for the device. Evaluation stays eager: it runs once per
-task over large chunks of data, where launches do not dominate.
+task over large chunks of data, where launches do not dominate (on an NVIDIA H200, VCL's
+whole Permuted-MNIST run spent 0.9 s evaluating, 100 weight samples on 10 tasks after each
+of 10 tasks, against 129.9 s training from graphs; ``results/gpu/``).
 
 What is and is not bit-identical (checked on an NVIDIA H200 by ``tests/test_cuda_graphs.py``,
 ``results/gpu/``):
