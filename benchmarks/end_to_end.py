@@ -13,7 +13,7 @@ at most 3 minutes with ACC within the CPU seeds' spread (89.70 +- 0.93), ``vcl_s
 in at most 20 s.
 
     python benchmarks/end_to_end.py vcl_split_mnist vcl_permuted_mnist --device cuda
-        [--seed 0] [--results results] [-- <overrides>]
+        [--seed 0] [--results results] [--overrides key=value ...]
 """
 
 from __future__ import annotations

@@ -33,22 +33,29 @@ task over large chunks of data, where launches do not dominate (on an NVIDIA H20
 whole Permuted-MNIST run spent 0.9 s evaluating, 100 weight samples on 10 tasks after each
 of 10 tasks, against 129.9 s training from graphs; ``results/gpu/``).
 
-What is and is not bit-identical (checked on an NVIDIA H200 by ``tests/test_cuda_graphs.py``,
-``results/gpu/``):
+What is and is not bit-identical. On a CPU, ``tests/test_cuda_graphs.py`` runs every capturable
+method through this path with a stand-in for the graph (the captured step run again on the
+static batch) and gets exactly the eager run, with one capture per phase. On a GPU the same
+tests ran once, on an NVIDIA H200 (``results/gpu/``), before they were corrected (coreset
+tuning was not yet taken past its warm-up there, and they are not yet rerun):
 
 - ``train.cuda_graphs=auto`` on a CPU is the eager loop itself: no graph, the same
   optimiser, the same random draws (tested).
 - A run with graphs against the same run without: not bit-identical. Capturable Adam
   computes its bias corrections with tensor operations on the device instead of Python
   floats, and cuBLAS may choose other kernels (and so another order of summation) inside a
-  capture; parameters agree to rounding, and runs diverge slowly as they would on another
-  GPU. A captured step draws its random numbers (VCL's weights, MC dropout's masks) from
-  the default CUDA generator at the offsets the eager step would use, so the noise is the
-  same. The tests compare them with ``allclose``.
+  capture. A captured step draws its random numbers (VCL's weights, MC dropout's masks) from
+  the default CUDA generator at the offsets the eager step would use. On the H200, the
+  weights agreed within ``allclose(rtol=1e-4, atol=1e-5)`` for finetune, joint training,
+  MC dropout and VCL (with and without coresets) in task- and class-incremental runs, and
+  LwF's within 2.6e-5; in a second pass, beside two other jobs on the same GPU, MC dropout's
+  differed by up to 3.9e-3, which is not explained. The tests compare them with
+  ``allclose``.
 - Two runs with graphs, same seed and machine: the same kernels in the same order on the
   same batches, and every replay advances the default CUDA generator by the graph's total;
   so the same results, also across a resume (each phase warms up and captures afresh,
-  exactly as in the uninterrupted run; the tests compare the accuracy matrices exactly).
+  exactly as in the uninterrupted run). On the H200 the resumed runs' accuracy matrices
+  equalled the uninterrupted ones exactly for every method whose comparison above passed.
 """
 
 from __future__ import annotations

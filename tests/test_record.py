@@ -120,11 +120,15 @@ def test_cuda_graphs_at_auto_keeps_the_fingerprint_of_runs_recorded_before_the_o
 def test_the_device_name_is_the_cpu_model_with_its_cores_or_the_gpu_name(monkeypatch):
     monkeypatch.setattr(record.os, "cpu_count", lambda: 7)
     cpu = device_name(torch.device("cpu"))
-    model = next(
+    cpuinfo = Path("/proc/cpuinfo")
+    models = [
         line.split(":", 1)[1].strip()
-        for line in Path("/proc/cpuinfo").read_text().splitlines()
+        for line in (cpuinfo.read_text().splitlines() if cpuinfo.is_file() else [])
         if line.startswith("model name")
-    )
+    ]
+    if not models:
+        pytest.skip("no model name in /proc/cpuinfo here")
+    model = models[0]
     assert cpu == f"{model}, 7 cores"
     if torch.cuda.is_available():
         assert device_name(torch.device("cuda")) == torch.cuda.get_device_name(0)
