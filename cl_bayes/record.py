@@ -109,8 +109,38 @@ def git_commit(package_dir: Path = PACKAGE_DIR) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def versions() -> dict[str, str | None]:
-    """Versions of Python, the main packages and the git commit of cl_bayes (or ``None``)."""
+# The folders of a checkout whose contents make the runs: code, configs, task sequences.
+CODE_FOLDERS = ("cl_bayes", "conf", "tasks")
+
+
+def code_changed(package_dir: Path = PACKAGE_DIR) -> bool | None:
+    """Whether the checkout's code differs from :func:`git_commit` (``None``: no checkout).
+
+    True where a tracked file under :data:`CODE_FOLDERS` is modified, staged or deleted, so
+    that a record made from uncommitted code (or from a copy of a working tree over an
+    older history) says so; results and other untracked files do not count.
+    """
+    checkout = package_dir.parent
+    if git_commit(package_dir) is None:
+        return None
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_FOLDERS],
+            cwd=checkout,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
+def versions() -> dict[str, str | bool | None]:
+    """Versions of Python, the main packages and the git commit of cl_bayes (or ``None``).
+
+    ``git_code_changed``: whether the code run differs from that commit (:func:`code_changed`).
+    """
 
     def version(package: str) -> str | None:
         try:
@@ -125,6 +155,7 @@ def versions() -> dict[str, str | None]:
         "hydra-core": version("hydra-core"),
         "cl_bayes": version("cl_bayes"),
         "git_commit": git_commit(),
+        "git_code_changed": code_changed(),
     }
 
 

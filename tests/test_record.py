@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cl_bayes import record
-from cl_bayes.record import device_name, git_commit, peak_memory_mb, start_peak_memory
+from cl_bayes.record import code_changed, device_name, git_commit, peak_memory_mb, start_peak_memory
 
 CPU = torch.device("cpu")
 MB = 2**20
@@ -85,6 +85,27 @@ def test_the_commit_is_the_checkout_s_and_none_for_a_package_inside_another_repo
     package.mkdir(parents=True)
     subprocess.run(["git", "init", "-q"], cwd=project, check=True)
     assert git_commit(package) is None
+    assert code_changed(package) is None
+
+
+def test_a_record_says_whether_the_code_differs_from_its_commit(tmp_path):
+    checkout = tmp_path / "checkout"
+    package = checkout / "cl_bayes"
+    package.mkdir(parents=True)
+    (package / "run.py").write_text("x = 1\n")
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=checkout, check=True, capture_output=True)
+
+    git("init", "-q")
+    git("add", "cl_bayes/run.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "code")
+    assert code_changed(package) is False
+    (checkout / "results").mkdir()
+    (checkout / "results" / "run.json").write_text("{}")  # untracked results do not count
+    assert code_changed(package) is False
+    (package / "run.py").write_text("x = 2\n")
+    assert code_changed(package) is True
 
 
 def test_an_option_added_later_at_its_old_value_does_not_change_the_experiment():
