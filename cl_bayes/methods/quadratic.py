@@ -69,8 +69,10 @@ class QuadraticPenalty(Method):
         The factor in front of the sum (e.g. ``lambda / 2`` for EWC).
     """
 
-    # Not capturable: on the first task (no anchor yet) add_penalty_gradient returns a CPU
-    # zero that train_step copies to the device, which a capture refuses (SI's step too).
+    # Not declared capturable: as read from the code, the step never waits for the device
+    # (the first task's zero penalty is made on the parameters' device) and keeps no
+    # per-step Python state, and the captured path trains as eagerly on a CPU with a
+    # stand-in graph (tests/test_cuda_graphs.py), but no GPU has captured it yet.
     capturable_step = False
 
     def __init__(self, scale: float):
@@ -126,8 +128,8 @@ class QuadraticPenalty(Method):
         head) gets a ``.grad`` holding just this.
         """
         params, anchors, roots = self._bound(model)
-        if not params:
-            return torch.zeros(())
+        if not params:  # the first task: nothing anchored yet
+            return torch.zeros((), device=next(model.parameters()).device)
         grads = [_grad(p) for p in params]
         scaled = torch._foreach_sub(params, anchors)
         torch._foreach_mul_(scaled, roots)  # sqrt(importance) * (theta - anchor)
@@ -143,7 +145,7 @@ class QuadraticPenalty(Method):
         loss.backward()
         penalty = self.add_penalty_gradient(model)
         optimizer.step()
-        return loss.detach() + penalty.to(loss.device)
+        return loss.detach() + penalty
 
     def state_dict(self) -> dict[str, Any]:
         """Importance, anchor, constant and the heads trained so far."""

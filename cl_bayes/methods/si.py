@@ -92,7 +92,7 @@ class SI(QuadraticPenalty):
         with torch.no_grad():
             torch._foreach_sub_(before, params)  # -delta
             torch._foreach_addcmul_(omega, grads, before)  # omega += g * (-delta)
-        return loss.detach() + penalty.to(loss.device)
+        return loss.detach() + penalty
 
     def after_task(self, model: nn.Module, task_id: int, data: LabelledData) -> None:
         """``Omega = max(0, Omega + omega / (Delta^2 + xi))``; anchor at a copy of the weights."""
