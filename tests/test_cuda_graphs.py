@@ -448,3 +448,23 @@ def test_a_run_with_graphs_trains_as_eagerly_and_resumes_exactly(
     records = [json.loads(Path(r["record_path"]).read_text()) for r in (whole, resumed)]
     assert records[1]["status"] == "completed"
     assert records[0]["accuracy_matrix"] == records[1]["accuracy_matrix"]  # exactly
+
+
+@needs_cuda
+@pytest.mark.parametrize("scenario", ["task", "class"])
+@pytest.mark.parametrize("name", ["ewc", "online_ewc", "si", "mas", "l2"])
+def test_the_quadratic_penalties_steps_capture_and_train_as_eagerly(
+    tmp_path, name, scenario, captures, monkeypatch
+):
+    # What declaring them capturable waits for: a capture on a GPU, trained as eagerly.
+    monkeypatch.setattr(QuadraticPenalty, "capturable_step", True)
+
+    def config(*overrides):
+        return _run_config(tmp_path, name, (), scenario, "device=cuda", *overrides)
+
+    whole = run(config("train.cuda_graphs=true"), tmp_path / "whole")
+    assert captures[0] == 2
+    eager = run(config("train.cuda_graphs=false"), tmp_path / "eager")
+    for a, b in zip(_trained_states(whole), _trained_states(eager), strict=True):
+        for key, value in b.items():
+            torch.testing.assert_close(a[key], value, rtol=1e-3, atol=1e-4)
