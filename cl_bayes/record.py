@@ -86,6 +86,17 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def _git(checkout: Path, *args: str) -> str | None:
+    """``git <args>``'s output in ``checkout``, or ``None`` where git is missing or fails."""
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=checkout, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
 def git_commit(package_dir: Path = PACKAGE_DIR) -> str | None:
     """Commit of the source tree the package runs from, when it is a git checkout.
 
@@ -96,17 +107,8 @@ def git_commit(package_dir: Path = PACKAGE_DIR) -> str | None:
     checkout = package_dir.parent
     if not (checkout / ".git").exists():
         return None
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=checkout,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    head = _git(checkout, "rev-parse", "HEAD")
+    return None if head is None else head.strip()
 
 
 # The folders of a checkout whose contents make the runs: code, configs, task sequences.
@@ -120,20 +122,12 @@ def code_changed(package_dir: Path = PACKAGE_DIR) -> bool | None:
     that a record made from uncommitted code (or from a copy of a working tree over an
     older history) says so; results and other untracked files do not count.
     """
-    checkout = package_dir.parent
     if git_commit(package_dir) is None:
         return None
-    try:
-        out = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", *CODE_FOLDERS],
-            cwd=checkout,
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return bool(out.stdout.strip()) if out.returncode == 0 else None
+    status = _git(
+        package_dir.parent, "status", "--porcelain", "--untracked-files=no", "--", *CODE_FOLDERS
+    )
+    return None if status is None else bool(status.strip())
 
 
 def versions() -> dict[str, str | bool | None]:
