@@ -93,3 +93,37 @@ def test_a_method_s_chosen_settings_keep_the_three_scenario_protocol(experiment)
     for key in ("task", "model", "optimizer", "train"):
         assert cfg[key] == base[key]
     assert list(cfg.hydra.sweeper.params.seed.split(",")) == ["0", "1", "2"]
+
+
+# The baselines set beside VCL on the VCL paper's protocols: vcl_<benchmark>_<method>.yaml
+BESIDE_VCL = sorted(
+    path.stem
+    for benchmark in ("split_mnist", "permuted_mnist")
+    for path in (CONF_DIR / "experiment").glob(f"vcl_{benchmark}_*.yaml")
+    if not path.stem.endswith(("_coreset", "_fast"))
+)
+
+
+def test_every_baseline_of_the_vcl_protocols_is_checked():
+    assert {"vcl_split_mnist_ewc", "vcl_permuted_mnist_ewc", "vcl_permuted_mnist_si"} <= set(
+        BESIDE_VCL
+    )
+
+
+@pytest.mark.parametrize("experiment", BESIDE_VCL)
+def test_a_baseline_beside_vcl_keeps_the_vcl_paper_s_protocol(experiment):
+    benchmark, method = experiment.removeprefix("vcl_").split("_mnist_")
+    register_task_sequences()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        base = compose("config", [f"+experiment=leaderboard_{benchmark}_mnist", f"method={method}"])
+        cfg = compose("config", [f"+experiment={experiment}"], return_hydra_config=True)
+    assert cfg.protocol == base.protocol == f"vcl_{benchmark}_mnist"
+    assert cfg.scenario == base.scenario
+    assert cfg.method._target_ == base.method._target_
+    for key in ("task", "optimizer", "train"):
+        assert cfg[key] == base[key]
+    # MC dropout adds its dropout rate to the same network; nothing else may change.
+    model = {k: v for k, v in cfg.model.items() if k != "dropout"}
+    assert model == {k: v for k, v in base.model.items() if k != "dropout"}
+    assert cfg.hydra.sweeper.params.method == method
+    assert list(cfg.hydra.sweeper.params.seed.split(",")) == ["0", "1", "2"]
