@@ -36,6 +36,7 @@ import argparse
 import math
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -85,6 +86,8 @@ def main() -> None:
     if "graph" in routes and device.type != "cuda":
         print(f"no CUDA device ({device}): the graph route is left out")
         routes.remove("graph")
+    if not routes:
+        parser.error(f"no route left to time on {device}: add eager or compile to --routes")
 
     sequence = instantiate(cfg.task, root=root, download=True, device=device, seed=0)
     scenario = Scenario.TASK
@@ -137,6 +140,7 @@ def main() -> None:
     steady: dict[str, list[float]] = {route: [] for route in routes}
     for repeat in range(args.repeats + 1):  # the first round warms up (and compiles)
         for route in routes:
+            print(f"round {repeat + 1}/{args.repeats + 1}: {route}", file=sys.stderr, flush=True)
             single = phase(route, 1, repeat)
             double = phase(route, 2, repeat)
             if repeat == 0:
