@@ -17,11 +17,9 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torchvision
 from torch import Tensor
-from torchvision.transforms.v2 import functional as tv_functional
 
-from cl_bayes.data_files import DATASETS, check_files, download_or_explain
+from cl_bayes.data_files import DATASETS, check_files, dataset_class, download_or_explain
 from cl_bayes.errors import ConfigError
 
 
@@ -130,7 +128,7 @@ def load_torchvision(
             f"Unknown dataset {dataset!r}. Supported torchvision data sets: {', '.join(DATASETS)}."
         )
     root = Path(root).expanduser().resolve()
-    cls = getattr(torchvision.datasets, dataset)
+    cls = dataset_class(dataset)
     check_files(dataset, root, thorough=False)
     splits = {}
     for split in ("train", "test"):
@@ -367,6 +365,8 @@ def rotated_sequence(
         raise ConfigError(
             f"task.n_tasks={n_tasks} needs at least that many task.angles, got {angles}."
         )
+    from torchvision.transforms.v2 import functional as tv_functional  # see data_files
+
     splits = load_torchvision(dataset, root, download, device)
     (x, y), (x_test, y_test) = splits["train"], splits["test"]
     n_classes = int(y.max()) + 1

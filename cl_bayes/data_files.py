@@ -4,6 +4,11 @@ Before torchvision loads a data set, and again when it refuses one, the files it
 checked so that a damaged file is one line naming the file, the problem (size against its
 idx header, magic number, permission, md5, unpickling) and the fix; a data set that is
 missing and cannot be downloaded is one line listing the files expected.
+
+torchvision is imported where a data set is read, not when the package is: importing it
+also imports ``torch._dynamo`` (through ``torchvision.ops``), about 2 s that every command
+reading no image data (``--help``, a config error, the synthetic sequence, a report) would
+otherwise pay.
 """
 
 from __future__ import annotations
@@ -13,17 +18,22 @@ import os
 import pickle
 from pathlib import Path
 
-import torchvision
-
 from cl_bayes.errors import DataNotFoundError
 
 DATASETS = ("MNIST", "FashionMNIST", "KMNIST", "CIFAR10", "CIFAR100")
 DATA_ENV_VAR = "CL_BAYES_DATA"
 
 
+def dataset_class(dataset: str) -> type:
+    """The torchvision class of ``dataset`` (one of :data:`DATASETS`)."""
+    import torchvision
+
+    return getattr(torchvision.datasets, dataset)
+
+
 def expected_files(dataset: str, root: Path) -> list[Path]:
     """Files torchvision looks for when loading ``dataset`` from ``root``."""
-    cls = getattr(torchvision.datasets, dataset)
+    cls = dataset_class(dataset)
     if hasattr(cls, "resources"):  # MNIST family: <root>/<Class>/raw/<file without .gz>
         raw = root / cls.__name__ / "raw"
         return [raw / os.path.splitext(os.path.basename(url))[0] for url, _ in cls.resources]
@@ -49,7 +59,7 @@ def check_files(dataset: str, root: Path, thorough: bool) -> None:
     size of its kind; ``thorough`` also checks each CIFAR file against the release's md5
     and that it unpickles (read in full: only once torchvision has refused the files).
     """
-    cls = getattr(torchvision.datasets, dataset)
+    cls = dataset_class(dataset)
     for path in expected_files(dataset, root):
         if not path.exists():
             continue
@@ -124,6 +134,8 @@ def _cifar_problem(cls, path: Path, dataset: str) -> str | None:
     """What is wrong with the CIFAR file at ``path``, or None."""
     md5 = dict(cls.train_list + cls.test_list + [(cls.meta["filename"], cls.meta["md5"])])
     # The module's own function, as torchvision calls it (the tests accept any file there).
+    import torchvision
+
     if not torchvision.datasets.cifar.check_integrity(str(path), md5[path.name]):
         return (
             f"does not match the md5 checksum of the {dataset} release "
