@@ -141,6 +141,11 @@ def check_config(cfg: DictConfig) -> None:
     _whole_number(cfg.train.batch_size, "train.batch_size", null="full batch")
     _whole_number(cfg.train.get("steps"), "train.steps", null="train.epochs passes per task")
     check_cuda_graphs(cfg.train.get("cuda_graphs", "auto"))
+    if not isinstance(cfg.get("flush_denormal", True), bool):
+        raise ConfigError(
+            f"flush_denormal must be true or false, got {cfg.flush_denormal!r}: true flushes "
+            f"subnormal floats to zero in CPU arithmetic (faster), false keeps them."
+        )
     if "lr" in cfg.optimizer:
         _positive(cfg.optimizer.lr, "optimizer.lr")
     if "hidden_sizes" in cfg.model:

@@ -27,10 +27,11 @@ import torch
 
 RECORD_NAME = "record.json"
 PACKAGE_DIR = Path(__file__).resolve().parent
-# Keys that say where things are (or are logged) rather than what the experiment is:
-# a resumed run takes them from its own command line, everything else from the checkpoint,
-# and a configuration's fingerprint leaves them out at any depth.
-LOCAL_KEYS = ("data", "results_dir", "progress", "resume", "device", "logger")
+# Keys that say where things are (or are logged, or how this machine does its arithmetic)
+# rather than what the experiment is: a resumed run takes them from its own command line,
+# everything else from the checkpoint, and a configuration's fingerprint leaves them out at
+# any depth.
+LOCAL_KEYS = ("data", "results_dir", "progress", "resume", "device", "logger", "flush_denormal")
 # Top-level config keys the fingerprint leaves out, besides LOCAL_KEYS (left out at any depth).
 NOT_FINGERPRINTED_TOP = frozenset({"seed", "hydra"})
 # Options added after records were first written, with the value every earlier run had: a

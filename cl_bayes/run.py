@@ -89,6 +89,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         # synchronisation, cuBLAS handles) runs on it, and no context is opened on GPU 0.
         torch.cuda.set_device(device)
     asked_for(cfg.train.get("cuda_graphs", "auto"), device)  # true on a CPU: fail before loading
+    set_flush_denormal(cfg.get("flush_denormal", True))
     memory_scope = start_peak_memory(device)  # this run's own peak, not the process's
     seed_everything(cfg.seed)
 
@@ -309,6 +310,18 @@ class EpochMetrics(Mapping[str, float]):
 
     def __len__(self) -> int:
         return len(self._read())
+
+
+def set_flush_denormal(on: bool) -> None:
+    """Flush subnormal floats to zero in CPU arithmetic (``on``), or keep them.
+
+    A setting of the whole process (with 2 threads, also once torch's thread pool had started,
+    a matmul of subnormal inputs gave zeros), so every run sets it: an earlier run in the same
+    process does not decide. Where the CPU cannot flush (torch returns False), one info line
+    says so.
+    """
+    if not torch.set_flush_denormal(on) and on:
+        log.info("flush_denormal: this CPU cannot flush subnormal floats; they are kept.")
 
 
 def resolve_device(name: str, job_number: int | None = None) -> torch.device:

@@ -176,6 +176,7 @@ def test_every_combination_composes_and_instantiates(
             r"^train\.cuda_graphs must be auto, true or false, got 'maybe'\.$",
         ),
         ("train.cuda_graphs=1", r"^train\.cuda_graphs must be auto, true or false, got 1\.$"),
+        ("flush_denormal=fast", r"^flush_denormal must be true or false, got 'fast': true flushes"),
         (
             "train.cuda_graphs=true",
             r"^train\.cuda_graphs=true needs a CUDA device, .* device is cpu",

@@ -322,3 +322,26 @@ def test_a_run_records_its_own_peak_memory_not_the_process_s(tmp_path, compose_c
     peak = record["peak_memory_mb"]
     assert peak["cpu_rss_scope"] == "run"
     assert peak["cpu_rss"] < process_peak_mb - 300
+
+
+@pytest.fixture
+def restore_flush_denormal():
+    """Whether subnormal floats are flushed, as it was before the test (a process setting)."""
+    before = bool((torch.tensor([1e-39]) * 1.0).item() == 0)
+    yield
+    torch.set_flush_denormal(before)
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_a_run_flushes_subnormal_floats_only_when_asked(run_tiny, flush, restore_flush_denormal):
+    if not torch.set_flush_denormal(not flush):  # the opposite first: the run must set it
+        pytest.skip("this CPU cannot flush subnormal floats")
+    record = run_tiny("run", f"flush_denormal={str(flush).lower()}")
+    assert record["status"] == "completed"
+    subnormal = torch.full((64, 1), 1e-39)  # below float32's smallest normal, 1.18e-38
+    product, total = (subnormal * 1.0)[0].item(), (torch.ones(1, 64) @ subnormal).item()
+    if flush:
+        assert product == 0 and total == 0
+    else:
+        assert product == pytest.approx(1e-39, rel=1e-3, abs=0)
+        assert total == pytest.approx(64e-39, rel=1e-3, abs=0)
