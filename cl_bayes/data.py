@@ -3,9 +3,10 @@
 Every task keeps its inputs as float tensors of shape ``(n, channels, height, width)``
 (images with pixels in [0, 1]), on the training device, and its labels as within-task
 labels ``0 .. n_classes - 1``. The scenario (``cl_bayes.scenario``) maps those labels to
-the outputs a model is trained on. torchvision appears only in :func:`load_torchvision` and
-in ``cl_bayes.data_files``, which checks the files it reads; :func:`synthetic_sequence` needs
-no files at all.
+the outputs a model is trained on. torchvision appears only in :func:`load_torchvision`, in
+the rotations of :func:`rotated_sequence` and in ``cl_bayes.data_files``, which checks the
+files it reads, and is imported there, when a data set is read (``cl_bayes.data_files`` says
+why); :func:`synthetic_sequence` needs no files at all.
 """
 
 from __future__ import annotations
