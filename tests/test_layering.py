@@ -40,3 +40,15 @@ def test_no_module_imports_the_layers_above_it():
         imported = [m for m in loaded[module] if m.startswith(tuple(forbidden))]
         assert imported == [], f"{module} imports {', '.join(imported)}"
     assert "cl_bayes.record" in loaded["cl_bayes.report"]  # the check sees real imports
+
+
+def test_the_command_line_and_the_report_start_without_torchvision():
+    # torchvision imports torch._dynamo (about 2 s); only reading a data set needs it.
+    script = (
+        "import sys, cl_bayes.__main__, cl_bayes.report, cl_bayes.run, cl_bayes.data;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision'))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert proc.stdout.strip() == "[]"
