@@ -89,8 +89,11 @@ def from_checkpoint(path: Path, root: str):
     """The run's network at its checkpoint, its first task's data, and a description."""
     state = checkpoint.load(path)
     cfg = OmegaConf.create(state["config"])
-    if "hidden_sizes" not in cfg.model or "MLP" not in cfg.model._target_:
-        sys.exit(f"{path}: the run's model is {cfg.model._target_}; this script times MLPs")
+    if cfg.model._target_ != "cl_bayes.models.mlp.MLP":
+        sys.exit(
+            f"{path}: the run's model is {cfg.model._target_}; this script times the "
+            f"deterministic MLP (cl_bayes.models.mlp.MLP) of the methods other than VCL"
+        )
     register_task_sequences()
     sequence = instantiate(
         cfg.task, root=root, download=False, device=torch.device("cpu"), seed=cfg.seed
