@@ -43,6 +43,7 @@ from omegaconf import OmegaConf
 from cl_bayes import checkpoint
 from cl_bayes.config import register_task_sequences
 from cl_bayes.data import LabelledData, permuted_sequence
+from cl_bayes.errors import UserError
 from cl_bayes.models.mlp import MLP
 from cl_bayes.scenario import Scenario
 
@@ -87,6 +88,8 @@ def trained_here(root: str, epochs: int, generator: torch.Generator):
 
 def from_checkpoint(path: Path, root: str):
     """The run's network at its checkpoint, its first task's data, and a description."""
+    if not path.is_file():
+        sys.exit(f"--checkpoint {path}: no such file (a run folder's checkpoint.pt)")
     state = checkpoint.load(path)
     cfg = OmegaConf.create(state["config"])
     if cfg.model._target_ != "cl_bayes.models.mlp.MLP":
@@ -96,7 +99,7 @@ def from_checkpoint(path: Path, root: str):
         )
     register_task_sequences()
     sequence = instantiate(
-        cfg.task, root=root, download=False, device=torch.device("cpu"), seed=cfg.seed
+        cfg.task, root=root, download=True, device=torch.device("cpu"), seed=cfg.seed
     )
     scenario = Scenario.parse(cfg.scenario)
     model = instantiate(
@@ -108,10 +111,11 @@ def from_checkpoint(path: Path, root: str):
     record = state["record"]
     data = scenario.labelled(sequence, 0, "train")
     done = record["tasks_completed"]
-    return model, data, (
+    network = (
         f"{record['method']} run {record['run_id']} after {done} of {record['n_tasks']} tasks "
         f"({path}); batches of task 1"
     )
+    return model, data, network
 
 
 def main() -> None:
@@ -130,10 +134,13 @@ def main() -> None:
 
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    if args.checkpoint:
-        model, data, network = from_checkpoint(args.checkpoint, root)
-    else:
-        model, data, network = trained_here(root, args.epochs, generator)
+    try:  # a damaged checkpoint or missing data: the suite's own one-line message
+        if args.checkpoint:
+            model, data, network = from_checkpoint(args.checkpoint, root)
+        else:
+            model, data, network = trained_here(root, args.epochs, generator)
+    except UserError as error:
+        sys.exit(f"error: {error}")
     batches = [b for b in batches_of(data, generator) if len(b) == BATCH][: args.steps]
 
     def fresh():
