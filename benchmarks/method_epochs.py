@@ -9,10 +9,11 @@ epoch, untimed, so that what the method keeps (anchors, Fisher, importances, mem
 snapshots) is live on task 2; then task 2's epoch and its ``after_task`` are timed.
 
 The methods run in turns (one task-1/task-2 sequence of each, then again, ``--repeats``
-times after one warm-up turn), so a change in the machine's load shifts every method alike
-instead of the ratios. The table gives each method's median epoch and ``after_task`` times,
-and the median over the turns of their ratios to finetune's epoch **in the same turn**, with
-the range of the epoch ratio over the turns. Targets: the epoch against
+times after one warm-up turn), and within a turn every method's sequence runs right after a
+sequence of finetune of its own, so that a change in the machine's load shifts both sides of
+each ratio alike. The table gives each method's median epoch and ``after_task`` times, and
+the median over the turns of their ratios to the epoch of **the finetune sequence run just
+before**, with the range of the epoch ratio over the turns. Targets: the epoch against
 finetune's (EWC, online EWC, SI, MAS, L2 <= 1.3x; LwF <= 1.8x; ER and DER++ <= 2.2x;
 A-GEM <= 3x) and task 2's ``after_task`` against one finetune epoch (<= 1x, every method).
 ``joint`` trains on tasks 1-2 together (twice the data) and has no epoch target. Methods
@@ -25,7 +26,9 @@ on CUDA the peak memory allocated by the method's turns is given as well.
         [--methods finetune,lwf] [--threads 1]
 
 On a busy CPU host, ``--threads 1`` avoids OpenMP threads spin-waiting for a core (on a
-2-core machine shared with other jobs, finetune's epoch took 8 s with 2 threads, 1 s with 1).
+2-core machine shared with other jobs, finetune's epoch took 8 s with 2 threads, 1 s with 1),
+and ``--clock cpu`` times the process's CPU time (``time.process_time``) instead of the wall
+clock, so that the time other jobs hold the cores is not counted (CPU devices only).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -88,6 +92,8 @@ class Measured:
     cfg: DictConfig
     epoch: list[float] = field(default_factory=list)
     after_task: list[float] = field(default_factory=list)
+    # The epoch of the finetune sequence run just before each of this method's turns.
+    reference_epoch: list[float] = field(default_factory=list)
     peak_rss_mb: float = 0.0
     peak_cuda_mb: float | None = None
     error: str | None = None
@@ -106,13 +112,20 @@ def compose_method(name: str, device: str) -> DictConfig:
         return compose("config", overrides=overrides)
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def one_turn(
-    measured: Measured, train_sets: list[LabelledData], device: torch.device, seed: int
+    measured: Measured,
+    train_sets: list[LabelledData],
+    device: torch.device,
+    seed: int,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> tuple[float, float]:
     """Train task 1 (untimed), then time task 2's epoch and its ``after_task``."""
     cfg = measured.cfg
@@ -124,33 +137,52 @@ def one_turn(
         data = method.training_data(t, train_sets[: t + 1])
         method.before_task(model, t, data)
         sync(device)
-        started = time.perf_counter()
+        started = clock()
         train_task(cfg, method, model, data, t, T)
         sync(device)
-        epoch = time.perf_counter() - started
-        started = time.perf_counter()
+        epoch = clock() - started
+        started = clock()
         method.after_task(model, t, data)
         sync(device)
-        after_task = time.perf_counter() - started
+        after_task = clock() - started
     return epoch, after_task
 
 
 def measure(
-    methods: list[Measured], train_sets: list[LabelledData], device: torch.device, repeats: int
+    methods: list[Measured],
+    train_sets: list[LabelledData],
+    device: torch.device,
+    repeats: int,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> None:
-    """Run every method's turn ``repeats + 1`` times, in turns; the first turn warms up."""
+    """Run every method's turn ``repeats + 1`` times, in turns; the first turn warms up.
+
+    ``methods[0]`` is the reference: every other method's turn follows one of its own.
+    """
+    reference = methods[0]
     for repeat in range(repeats + 1):
         print(f"turn {repeat + 1}/{repeats + 1}", end="\r", file=sys.stderr, flush=True)
         for measured in methods:
-            if measured.error:
+            if measured.error or reference.error:
                 continue
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             try:
-                epoch, after_task = one_turn(measured, train_sets, device, seed=repeat)
-            except Exception as error:  # a method being written may not run yet: say so
-                measured.error = f"{type(error).__name__}: {error}".splitlines()[0][:100]
+                reference_epoch, reference_after = one_turn(
+                    reference, train_sets, device, repeat, clock
+                )
+            except Exception as error:
+                reference.error = f"{type(error).__name__}: {error}".splitlines()[0][:100]
                 continue
+            epoch, after_task = reference_epoch, reference_after
+            if measured is not reference:
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                try:
+                    epoch, after_task = one_turn(measured, train_sets, device, repeat, clock)
+                except Exception as error:  # a method being written may not run yet: say so
+                    measured.error = f"{type(error).__name__}: {error}".splitlines()[0][:100]
+                    continue
             if device.type == "cuda":
                 peak = torch.cuda.max_memory_allocated(device) / 2**20
                 measured.peak_cuda_mb = max(measured.peak_cuda_mb or 0.0, peak)
@@ -159,6 +191,7 @@ def measure(
             else:
                 measured.epoch.append(epoch)
                 measured.after_task.append(after_task)
+                measured.reference_epoch.append(reference_epoch)
 
 
 def machine(device: torch.device) -> str:
@@ -181,8 +214,7 @@ def machine(device: torch.device) -> str:
 
 
 def table(methods: list[Measured], skipped: dict[str, str], device: torch.device) -> str:
-    """One row per method: medians over the turns, ratios taken within each turn."""
-    reference = next(m for m in methods if m.name == REFERENCE)
+    """One row per method: medians over the turns, ratios to the finetune run just before."""
     cuda = device.type == "cuda"
     header = (
         f"{'method':<13} {'epoch s':>8} {'x finetune':>10} {'(min-max)':>13} {'target':>7} "
@@ -195,8 +227,8 @@ def table(methods: list[Measured], skipped: dict[str, str], device: torch.device
         if m.error:
             lines.append(f"{m.name:<13} not measured: {m.error}")
             continue
-        ratios = [a / b for a, b in zip(m.epoch, reference.epoch, strict=True)]
-        after_ratios = [a / b for a, b in zip(m.after_task, reference.epoch, strict=True)]
+        ratios = [a / b for a, b in zip(m.epoch, m.reference_epoch, strict=True)]
+        after_ratios = [a / b for a, b in zip(m.after_task, m.reference_epoch, strict=True)]
         ratio, after_ratio = statistics.median(ratios), statistics.median(after_ratios)
         target = EPOCH_TARGETS.get(m.name)
         if m.name == REFERENCE:
@@ -234,6 +266,13 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's own)"
     )
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="wall",
+        help="wall: elapsed time; cpu: this process's CPU time, which other jobs on a shared "
+        "CPU host do not inflate (CPU devices only)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -251,6 +290,8 @@ def main() -> None:
 
     base = compose_method(REFERENCE, args.device)
     device = resolve_device(base.device)
+    if args.clock == "cpu" and device.type != "cpu":
+        parser.error("--clock cpu times the host's CPU: use --clock wall on a GPU")
     sequence = instantiate(base.task, root=root, download=True, device=device, seed=0)
     scenario = Scenario.TASK
     train_sets = [scenario.labelled(sequence, t, "train") for t in range(sequence.n_tasks)]
@@ -270,7 +311,7 @@ def main() -> None:
             continue
         methods.append(Measured(name, cfg))
 
-    measure(methods, train_sets, device, args.repeats)
+    measure(methods, train_sets, device, args.repeats, CLOCKS[args.clock])
     if not methods or methods[0].error:
         sys.exit(f"the reference method {REFERENCE} did not run: {methods[0].error}")
 
@@ -280,7 +321,7 @@ def main() -> None:
     print(
         f"Split-MNIST task 2 after task 1 (task-incremental), 784-256-256 MLP, 2-unit heads, "
         f"batch 128, Adam lr 1e-3, {len(train_sets[1])} examples; device {device}; "
-        f"median of {args.repeats} turns, methods in turns"
+        f"median of {args.repeats} turns, methods in turns; {args.clock} clock"
     )
     print(table(methods, skipped, device))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
