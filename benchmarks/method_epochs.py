@@ -53,7 +53,7 @@ from omegaconf import DictConfig
 from cl_bayes.allocator import keep_freed_memory
 from cl_bayes.config import CONF_DIR, register_task_sequences
 from cl_bayes.data import LabelledData
-from cl_bayes.run import resolve_device, train_task
+from cl_bayes.run import resolve_device, set_flush_denormal, train_task
 from cl_bayes.scenario import Scenario
 
 REFERENCE = "finetune"
@@ -290,6 +290,7 @@ def main() -> None:
 
     base = compose_method(REFERENCE, args.device)
     device = resolve_device(base.device)
+    set_flush_denormal(base.flush_denormal)  # as a run does (conf/config.yaml)
     if args.clock == "cpu" and device.type != "cpu":
         parser.error("--clock cpu times the host's CPU: use --clock wall on a GPU")
     sequence = instantiate(base.task, root=root, download=True, device=device, seed=0)
