@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
@@ -43,6 +43,9 @@ class GroupSummary:
     average accuracy after each task, shape ``(T,)``. Both are ``None`` when the runs differ in
     their number of tasks. ``ece_after_task`` is likewise the mean and std of the ECE after
     each task (mean over the seen tasks), ``None`` unless every run has it.
+    ``after_task_means`` maps each of ``ece``, ``entropy`` (mean predictive entropy) and
+    ``mutual_information`` (its epistemic part, for the methods that sample) to its mean curve
+    over the runs that measured it and their number (:func:`mean_of_measured_curves`).
 
     ``reliability_bins`` is the sum of each run's reliability bins after its last task
     (``count``, ``confidence``, ``correct`` per confidence bin, over the seen tasks' test data;
@@ -63,6 +66,7 @@ class GroupSummary:
     mean_matrix: np.ndarray | None
     average_accuracy: tuple[np.ndarray, np.ndarray | None] | None
     ece_after_task: tuple[np.ndarray, np.ndarray | None] | None = None
+    after_task_means: dict[str, tuple[np.ndarray, int]] = field(default_factory=dict)
     reliability_bins: dict[str, list[float]] | None = None
     reliability_runs: int = 0
     show_config: bool = False
@@ -133,6 +137,23 @@ def mean_curve(curves: Sequence[Any]) -> tuple[np.ndarray, np.ndarray | None] | 
     return stack.mean(axis=0), std
 
 
+# The per-task curves of a run's summary (``<name>_after_task``) averaged over the runs that
+# measured them.
+AFTER_TASK_CURVES = ("ece", "entropy", "mutual_information")
+
+
+def mean_of_measured_curves(curves: Sequence[Any]) -> tuple[np.ndarray, int] | None:
+    """Mean over the runs that have it of a per-task curve, and their number.
+
+    Runs without the curve (recorded before it was measured, or a method that has no such
+    measure) are left out; ``None`` where no run has it or the curves differ in length.
+    """
+    measured = [c for c in curves if isinstance(c, list) and c and all(is_number(v) for v in c)]
+    if not measured or len({len(c) for c in measured}) != 1:
+        return None
+    return np.array(measured, dtype=float).mean(axis=0), len(measured)
+
+
 BIN_KEYS = ("count", "confidence", "correct")
 
 
@@ -186,6 +207,11 @@ def aggregate(
         mean_matrix=mean_matrix([r["accuracy_matrix"] for r in runs]),
         average_accuracy=mean_curve([s.get("average_accuracy") for s in summaries]),
         ece_after_task=mean_curve([s.get("ece_after_task") for s in summaries]),
+        after_task_means={
+            name: curve
+            for name in AFTER_TASK_CURVES
+            if (curve := mean_of_measured_curves([s.get(f"{name}_after_task") for s in summaries]))
+        },
         reliability_bins=reliability_bins,
         reliability_runs=reliability_runs,
         show_config=show_config,

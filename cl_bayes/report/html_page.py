@@ -18,7 +18,9 @@ from cl_bayes.report.plots import (
     png_base64,
 )
 from cl_bayes.report.tables import (
+    CURVES_LEGEND,
     Table,
+    curves_table,
     leaderboard_table,
     legend,
     not_averaged_table,
@@ -91,8 +93,17 @@ def html_section(section: Section) -> str:
             "<p>Row i: after training task i; column j: tested on task j.</p>",
             f'<div class="plots">{"".join(heatmaps)}</div>',
             *calibration_figures(groups),
+            *curves_part(groups),
         ]
     )
+
+
+def curves_part(groups: Sequence[GroupSummary]) -> list[str]:
+    """The table of calibration and uncertainty after each task, where some group has it."""
+    table = curves_table(groups)
+    if table is None:
+        return []
+    return ["<h3>After each task</h3>", f"<p>{html.escape(CURVES_LEGEND)}</p>", html_table(table)]
 
 
 CALIBRATION_NOTE = (

@@ -8,7 +8,9 @@ from cl_bayes.errors import UserError
 from cl_bayes.report.aggregate import GroupSummary, sections
 from cl_bayes.report.groups import NotAveraged
 from cl_bayes.report.tables import (
+    CURVES_LEGEND,
     Table,
+    curves_table,
     leaderboard_table,
     legend,
     not_averaged_table,
@@ -40,6 +42,9 @@ def markdown_tables(groups: Sequence[GroupSummary], level: int) -> str:
             f"{'#' * level} {section_title(section.task, section.scenario, section.benchmark)}",
             markdown_table(leaderboard_table(section.groups)),
         ]
+        curves = curves_table(section.groups)
+        if curves is not None:
+            parts += [CURVES_LEGEND, markdown_table(curves)]
     return "\n\n".join(parts) + "\n"
 
 

@@ -134,6 +134,46 @@ def leaderboard_table(groups: Sequence[GroupSummary]) -> Table:
     return Table(header, rows, numeric)
 
 
+# The columns of the "after each task" table: header, the record's curve name
+# (``<name>_after_task``), the factor and format of the numbers shown.
+CURVE_COLUMNS = (
+    ("ECE (%) after each task", "ece", 100.0, ".2f"),
+    ("Mean predictive entropy (nats) after each task", "entropy", 1.0, ".3f"),
+    ("Mutual information (nats) after each task", "mutual_information", 1.0, ".3f"),
+)
+CURVES_LEGEND = (
+    "After each task: after training task 1, 2, …, T, the measure on each seen task's test "
+    "data, mean over the seen tasks, then over the runs of the group that measured it "
+    "((n=…) where not all did)."
+)
+
+
+def curves_table(groups: Sequence[GroupSummary]) -> Table | None:
+    """The calibration and uncertainty of each group after each task, in the given order.
+
+    One row per group that has some curve; a column per measure that some group has.
+    ``None`` where no group has any (records written before they were measured).
+    """
+    columns = [c for c in CURVE_COLUMNS if any(c[1] in g.after_task_means for g in groups)]
+    shown = [g for g in groups if g.after_task_means]
+    if not shown:
+        return None
+
+    def cell(group: GroupSummary, name: str, scale: float, fmt: str) -> str:
+        if name not in group.after_task_means:
+            return "n/a"
+        curve, n = group.after_task_means[name]
+        text = " · ".join(f"{scale * v:{fmt}}" for v in curve)
+        return text if n == group.n else f"{text} (n={n})"
+
+    rows = [
+        [g.key.method, g.protocol_label, str(g.n), *(cell(g, *c[1:]) for c in columns)]
+        for g in shown
+    ]
+    header = ["Method", "Protocol", "n", *(c[0] for c in columns)]
+    return Table(header, rows, [False, False, True, *(False for _ in columns)])
+
+
 def not_averaged_table(runs: Sequence[NotAveraged]) -> Table:
     """Runs not averaged in: id, status, tasks completed, protocol, reason."""
     rows = []

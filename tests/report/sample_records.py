@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from cl_bayes.report import build_report
@@ -76,37 +77,40 @@ def make_record(
 FIRST_ROW_BINS = {"count": [0.0, 0.0, 100.0], "confidence": [0.0, 0.0, 99.0], "correct": [0, 0, 0]}
 
 
-def calibrated(record: dict, last_bins: dict, ece_after_task: list[float]) -> dict:
+def calibrated(
+    record: dict,
+    last_bins: dict,
+    ece_after_task: list[float],
+    entropy_after_task: list[float] | None = None,
+) -> dict:
     """``record`` with the calibration a run records since it is measured (three bins here).
 
     ``last_bins`` are its reliability bins after the last task; the first row's are
-    :data:`FIRST_ROW_BINS`. The summary gets ``ece_after_task``, the final ECE and an NLL.
+    :data:`FIRST_ROW_BINS`. The summary gets ``ece_after_task``, the final ECE and an NLL,
+    and ``entropy_after_task`` where given.
     """
-    return {
-        **record,
-        "reliability_bins": [FIRST_ROW_BINS, last_bins],
-        "summary": {
-            **record["summary"],
-            "ece": ece_after_task[-1],
-            "ece_after_task": ece_after_task,
-            "nll": 0.25,
-        },
-    }
+    summary = {**record["summary"], "ece": ece_after_task[-1], "ece_after_task": ece_after_task}
+    summary["nll"] = 0.25
+    if entropy_after_task is not None:
+        summary["entropy_after_task"] = entropy_after_task
+    return {**record, "reliability_bins": [FIRST_ROW_BINS, last_bins], "summary": summary}
 
 
 def calibrated_seeds(protocol: str = "cal") -> list[dict]:
     """Two calibrated seeds; their last bins add up to counts 2 / 18 / 40, confidence sums
     0.5 / 9.5 / 36.2 and correct 0 / 11 / 34 (pooled ECE (0.5 + 1.5 + 2.2) / 60 = 7 %); ECE
-    after each task 2 / 10 % and 4 / 20 %.
+    after each task 2 / 10 % and 4 / 20 %; mean entropy after each task 0.1 / 0.3 and
+    0.3 / 0.5 nats.
     """
     last_bins = [
         {"count": [0, 10, 30], "confidence": [0.0, 5.5, 27.0], "correct": [0, 6, 24]},
         {"count": [2, 8, 10], "confidence": [0.5, 4.0, 9.2], "correct": [0, 5, 10]},
     ]
     curves = [[0.02, 0.10], [0.04, 0.20]]
+    entropies = [[0.1, 0.3], [0.3, 0.5]]
     return [
-        calibrated(make_record(f"{protocol}-seed{seed}", seed=seed, protocol=protocol), b, c)
-        for seed, (b, c) in enumerate(zip(last_bins, curves, strict=True))
+        calibrated(make_record(f"{protocol}-seed{seed}", seed=seed, protocol=protocol), b, c, e)
+        for seed, (b, c, e) in enumerate(zip(last_bins, curves, entropies, strict=True))
     ]
 
 
@@ -148,10 +152,9 @@ def generate(tmp_path: Path, *records: dict, out: str = "out") -> tuple[str, str
 
 
 def rows_of(markdown: str) -> list[str]:
-    """Table rows (not headers or rules) of the leaderboard tables, before the runs apart."""
+    """Rows (not headers or rules) of the ranked leaderboard tables, before the runs apart."""
     tables = markdown.split("## Runs not averaged")[0]
-    lines = [line for line in tables.splitlines() if line.startswith("| ")]
-    return [line for line in lines if not line.startswith("| #")]
+    return [line for line in tables.splitlines() if re.match(r"\| \d+ \|", line)]
 
 
 def on_benchmark(

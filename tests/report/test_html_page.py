@@ -63,6 +63,9 @@ def test_calibrated_groups_get_an_ece_plot_and_a_reliability_diagram_each(tmp_pa
     assert shown.index(reliability[0]) > shown.index("Mean accuracy matrix: vcl · cal")
     assert page.count("<h3>Calibration</h3>") == 1
     assert html.escape(CALIBRATION_LEGEND) in page
+    # And the table of ECE and entropy after each task, with the calibrated group's row only.
+    assert page.count("<h3>After each task</h3>") == 1
+    assert "<td>3.00 · 15.00</td>" in page and "<td>0.200 · 0.400</td>" in page
 
 
 def test_records_without_calibration_get_no_calibration_figures(tmp_path):

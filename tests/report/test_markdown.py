@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cl_bayes.report.groups import benchmark_fingerprint
-from cl_bayes.report.tables import CALIBRATION_LEGEND, LEGEND
+from cl_bayes.report.tables import CALIBRATION_LEGEND, CURVES_LEGEND, LEGEND
 from tests.report.sample_records import (
     COMMAND,
     calibrated_seeds,
@@ -152,6 +152,31 @@ def test_calibration_columns_bring_their_sentence_into_the_legend(tmp_path):
         "| 2 | vcl | cal | 2 | 90.00 ± 0.00 | -1.00 ± 0.00 | 2.00 ± 0.00 | n/a | 15.00 ± 7.07 |"
         " 0.250 ± 0.000 | 30.0 ± 0.0 s |",
     ]
+
+
+def test_calibrated_groups_get_their_ece_and_entropy_after_each_task(tmp_path):
+    markdown, _ = generate(tmp_path, *three_seeds(), *calibrated_seeds())
+    table = markdown.split(CURVES_LEGEND)[1].split("## Runs not averaged")[0].strip()
+    # ECE (2 + 4) / 2 = 3 % and (10 + 20) / 2 = 15 %; entropy 0.2 and 0.4 nats. The group
+    # recorded before calibration was measured has no row; no group has a mutual information.
+    assert table.splitlines() == [
+        "| Method | Protocol | n | ECE (%) after each task "
+        "| Mean predictive entropy (nats) after each task |",
+        "|---|---|---:|---|---|",
+        "| vcl | cal | 2 | 3.00 · 15.00 | 0.200 · 0.400 |",
+    ]
+
+
+def test_a_group_partly_recorded_before_calibration_averages_the_runs_that_measured_it(tmp_path):
+    old = make_record("cal-seed2", seed=2, protocol="cal")
+    markdown, _ = generate(tmp_path, *calibrated_seeds(), old)
+    row = markdown.split(CURVES_LEGEND)[1].split("## Runs not averaged")[0].strip().splitlines()[2]
+    assert row == "| vcl | cal | 3 | 3.00 · 15.00 (n=2) | 0.200 · 0.400 (n=2) |"
+
+
+def test_no_table_after_each_task_without_calibrated_runs(tmp_path):
+    markdown, _ = generate(tmp_path, *three_seeds())
+    assert CURVES_LEGEND not in markdown and "after each task" not in markdown
 
 
 VCL_NETWORK, VCL_EPOCHS = (256, 256), 120  # vcl_split_mnist: 120 full-batch epochs per task
