@@ -126,4 +126,5 @@ def test_a_baseline_beside_vcl_keeps_the_vcl_paper_s_protocol(experiment):
     model = {k: v for k, v in cfg.model.items() if k != "dropout"}
     assert model == {k: v for k, v in base.model.items() if k != "dropout"}
     assert cfg.hydra.sweeper.params.method == method
-    assert list(cfg.hydra.sweeper.params.seed.split(",")) == ["0", "1", "2"]
+    # At least seeds 0, 1 and 2 (EWC and SI add more, to see how often a collapse recurs).
+    assert list(cfg.hydra.sweeper.params.seed.split(","))[:3] == ["0", "1", "2"]
