@@ -15,7 +15,7 @@ import numpy as np
 from cl_bayes.metrics import pool_bins
 from cl_bayes.report.groups import GroupKey, benchmark_fingerprint, group_name
 from cl_bayes.report.settings import distinguishing_settings
-from cl_bayes.summary import SUMMARY_METRICS
+from cl_bayes.summary import ROW_MEANS, SUMMARY_METRICS
 
 # Summary entries that are not metrics to average.
 NOT_METRICS = {"tasks", "average_accuracy"}
@@ -43,9 +43,10 @@ class GroupSummary:
     average accuracy after each task, shape ``(T,)``. Both are ``None`` when the runs differ in
     their number of tasks. ``ece_after_task`` is likewise the mean and std of the ECE after
     each task (mean over the seen tasks), ``None`` unless every run has it.
-    ``after_task_means`` maps each of ``ece``, ``entropy`` (mean predictive entropy) and
-    ``mutual_information`` (its epistemic part, for the methods that sample) to its mean curve
-    over the runs that measured it and their number (:func:`mean_of_measured_curves`).
+    ``after_task_means`` maps each per-task measure of a run's summary
+    (:data:`cl_bayes.summary.ROW_MEANS`: NLL, Brier, ECE, mean predictive entropy, mutual
+    information) to its mean curve over the runs that measured it and their number
+    (:func:`mean_of_measured_curves`); the leaderboard shows some of them.
 
     ``reliability_bins`` is the sum of each run's reliability bins after its last task
     (``count``, ``confidence``, ``correct`` per confidence bin, over the seen tasks' test data;
@@ -137,11 +138,6 @@ def mean_curve(curves: Sequence[Any]) -> tuple[np.ndarray, np.ndarray | None] | 
     return stack.mean(axis=0), std
 
 
-# The per-task curves of a run's summary (``<name>_after_task``) averaged over the runs that
-# measured them.
-AFTER_TASK_CURVES = ("ece", "entropy", "mutual_information")
-
-
 def mean_of_measured_curves(curves: Sequence[Any]) -> tuple[np.ndarray, int] | None:
     """Mean over the runs that have it of a per-task curve, and their number.
 
@@ -209,7 +205,7 @@ def aggregate(
         ece_after_task=mean_curve([s.get("ece_after_task") for s in summaries]),
         after_task_means={
             name: curve
-            for name in AFTER_TASK_CURVES
+            for name in ROW_MEANS
             if (curve := mean_of_measured_curves([s.get(f"{name}_after_task") for s in summaries]))
         },
         reliability_bins=reliability_bins,

@@ -155,7 +155,7 @@ def curves_table(groups: Sequence[GroupSummary]) -> Table | None:
     ``None`` where no group has any (records written before they were measured).
     """
     columns = [c for c in CURVE_COLUMNS if any(c[1] in g.after_task_means for g in groups)]
-    shown = [g for g in groups if g.after_task_means]
+    shown = [g for g in groups if any(c[1] in g.after_task_means for c in columns)]
     if not shown:
         return None
 

@@ -17,6 +17,7 @@ Accuracies are on the first ``--examples`` test examples of each task (2000).
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 from hydra.utils import instantiate
@@ -24,6 +25,7 @@ from omegaconf import OmegaConf
 
 from cl_bayes import checkpoint
 from cl_bayes.config import register_task_sequences
+from cl_bayes.errors import UserError
 from cl_bayes.loggers.base import Logger
 from cl_bayes.methods.base import logits
 from cl_bayes.run import set_flush_denormal, train_task
@@ -38,7 +40,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     register_task_sequences()
-    state = checkpoint.load(args.checkpoint)
+    try:
+        state = checkpoint.load(args.checkpoint)
+    except UserError as error:  # missing or damaged: the suite's one-line message
+        sys.exit(f"error: {error}")
+    target = state["config"]["model"]["_target_"]
+    if target != "cl_bayes.models.mlp.MLP":
+        sys.exit(f"{args.checkpoint}: the run's model is {target}; this check reads MLPs")
     old_tasks = state["record"]["tasks_completed"]
     T = old_tasks + 1
     cfg = OmegaConf.create(state["config"])  # the run's own configuration, one task longer
@@ -55,6 +63,12 @@ def main() -> None:
         cfg.model, input_shape=list(sequence.input_shape), head_sizes=scenario.head_sizes(sequence)
     )
     method = instantiate(cfg.method)
+    if len(model.heads) != 1 or not hasattr(method, "penalty"):
+        sys.exit(
+            f"{args.checkpoint}: this check reads a single-head (domain- or class-incremental) "
+            f"run of a quadratic-penalty method (EWC, online EWC, SI, MAS, L2); this one is "
+            f"{type(method).__name__} with {len(model.heads)} heads"
+        )
     model.load_state_dict(state["model"])
     method.load_state_dict(state["method"])
     checkpoint.set_rng_state(state["rng"])
