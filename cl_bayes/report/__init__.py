@@ -39,7 +39,8 @@ legend's sentence on them appear only where some run has them. ``n/a`` marks a m
 does not apply (FWT where a task's outputs are untrained before it, any metric of a
 single-task run). A metric that only some
 runs of a group have is averaged over those, and the cell says over how many: ``(n=2)``.
-Train time is the sum of ``train_seconds`` over the tasks of a run, averaged over the runs.
+Train time is the sum of ``train_seconds`` over the tasks of a run, averaged over the runs,
+with the accelerator (the record's ``device_name``) named where runs of the group trained on one.
 
 The arithmetic (grouping and aggregation) lives in small pure functions, apart from the
 rendering. The files depend only on the records and on the command line, so regenerating them

@@ -73,6 +73,7 @@ class GroupSummary:
     show_config: bool = False
     settings: str = ""
     benchmark: str = "none"
+    accelerators: dict[str, int] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -185,6 +186,23 @@ def pooled_reliability_bins(
     return pool_bins(bins), len(bins)
 
 
+def accelerators(runs: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """How many of ``runs`` trained on each accelerator: ``device_name -> count``.
+
+    A run counts where its record's ``device`` is not ``cpu`` (``cuda``, ``cuda:1``, ``mps``);
+    it is named by its ``device_name`` (``NVIDIA H200``), or by its ``device`` where the record
+    has no name. Runs on a CPU, and records without a ``device``, are not counted.
+    """
+    named: dict[str, int] = {}
+    for run in runs:
+        device = str(run.get("device") or "cpu")
+        if device == "cpu":
+            continue
+        name = str(run.get("device_name") or device)
+        named[name] = named.get(name, 0) + 1
+    return dict(sorted(named.items()))
+
+
 def aggregate(
     key: GroupKey, runs: Sequence[dict[str, Any]], show_config: bool = False, settings: str = ""
 ) -> GroupSummary:
@@ -213,6 +231,7 @@ def aggregate(
         show_config=show_config,
         settings=settings,
         benchmark=benchmark_fingerprint(runs[0].get("config")) if runs else "none",
+        accelerators=accelerators(runs),
     )
 
 

@@ -41,7 +41,8 @@ LEGEND = (
     "cl_bayes/metrics.py); n/a: not applicable. Failed, interrupted, running and superseded "
     "runs are listed apart and never averaged in. A table ranks the groups of one task, "
     "scenario and benchmark (task data, network size, training schedule and optimiser), "
-    "named after the protocol most of its groups ran."
+    "named after the protocol most of its groups ran. Train time / run: on the CPU unless "
+    "a GPU is named after it."
 )
 # Added to the legend where a table shows calibration columns (cl_bayes/evaluation.py measures
 # them; records written before then have none, and their legend stays as it was).
@@ -108,6 +109,20 @@ def legend(groups: Sequence[GroupSummary]) -> str:
     return LEGEND
 
 
+def accelerator_note(group: GroupSummary) -> str:
+    """`` (NVIDIA H200)`` where the group's runs trained on an accelerator, else ``""``.
+
+    Where only some did, how many: `` (2 of 3 on NVIDIA H200)``.
+    """
+    if not group.accelerators:
+        return ""
+    parts = [
+        name if count == group.n else f"{count} of {group.n} on {name}"
+        for name, count in group.accelerators.items()
+    ]
+    return f" ({', '.join(parts)})"
+
+
 def leaderboard_table(groups: Sequence[GroupSummary]) -> Table:
     """One row per group, in the given (ranked) order."""
     metrics = shown_metrics(groups)
@@ -126,7 +141,7 @@ def leaderboard_table(groups: Sequence[GroupSummary]) -> Table:
             g.protocol_label,
             str(g.n),
             *(format_stat(g.stats.get(m.key), m, g.n) for m in metrics),
-            format_duration(g.train_seconds),
+            format_duration(g.train_seconds) + accelerator_note(g),
         ]
         for rank, g in enumerate(groups, start=1)
     ]

@@ -120,7 +120,8 @@ BEFORE_CALIBRATION = (
     "cl_bayes/metrics.py); n/a: not applicable. Failed, interrupted, running and superseded "
     "runs are listed apart and never averaged in. A table ranks the groups of one task, "
     "scenario and benchmark (task data, network size, training schedule and optimiser), "
-    "named after the protocol most of its groups ran.\n\n"
+    "named after the protocol most of its groups ran. Train time / run: on the CPU unless a "
+    "GPU is named after it.\n\n"
     "## split_mnist · class-incremental (single head) · p\n\n"
     "| # | Method | Protocol | n | ACC (%) | BWT (%) | Forgetting (%) | FWT (%) | Train time / "
     "run |\n|---:|---|---|---:|---:|---:|---:|---:|---:|\n"
@@ -258,3 +259,21 @@ def test_benchmarks_whose_names_collide_are_told_apart_by_their_fingerprints(tmp
         f"## split_mnist · task-incremental (multi-head) · p (benchmark {fp})"
         for fp in fingerprints
     ]
+
+
+def test_train_time_names_the_gpu_its_runs_trained_on(tmp_path):
+    def on_gpu(record, name="NVIDIA H200", device="cuda"):
+        return {**record, "device": device, "device_name": name}
+
+    all_on_gpu = [on_gpu(r) for r in three_seeds("g")]
+    some_on_gpu = three_seeds("m")
+    some_on_gpu[1] = on_gpu(some_on_gpu[1], device="cuda:1")
+    on_cpu = [{**r, "device": "cpu", "device_name": "Intel Xeon (2 cores)"} for r in three_seeds()]
+    markdown, _ = generate(tmp_path, *all_on_gpu, *some_on_gpu, *on_cpu)
+    times = {row.split(" | ")[2]: row.split(" | ")[-1] for row in rows_of(markdown)}
+    assert times == {
+        "g": "40.0 ± 10.0 s (NVIDIA H200) |",
+        "m": "40.0 ± 10.0 s (1 of 3 on NVIDIA H200) |",
+        "p": "40.0 ± 10.0 s |",
+    }
+    assert "on the CPU unless a GPU is named after it" in markdown
