@@ -35,8 +35,9 @@ of 10 tasks, against 129.9 s training from graphs; ``results/gpu/``).
 
 What is and is not bit-identical. On a CPU, ``tests/test_cuda_graphs.py`` runs every capturable
 method through this path with a stand-in for the graph (the captured step run again on the
-static batch) and gets exactly the eager run, with one capture per phase. On a GPU the same
-tests captured every capturable method on an NVIDIA H200 (``results/gpu/``):
+static batch) and gets exactly the eager run, with one capture per phase. On a GPU, these
+tests, in their version comparing runs trained with Adam, captured every capturable method on
+an NVIDIA H200 (``results/gpu/``):
 
 - ``train.cuda_graphs=auto`` on a CPU is the eager loop itself: no graph, the same
   optimiser, the same random draws (tested).

@@ -437,7 +437,7 @@ def test_a_run_with_graphs_trains_as_eagerly_and_resumes_exactly(
     # captured and eager kernels, which may round differently, stay a rounding apart. Not
     # with Adam, which divides each gradient by its running root mean square: at a new task's
     # first step LwF's old heads get a gradient of rounding size (the network is its own
-    # snapshot; 3e-8 on a CPU), which Adam turns into a step of about the learning rate, in
+    # snapshot), which Adam turns into a step of about the learning rate, in
     # the direction the rounding gives. An eager CPU run nudged by 1e-7 after its first step
     # ends 1.2e-3 away in LwF's old head with Adam and 6e-8 away with SGD
     # (results/checks/rounding_sensitivity.py); on an NVIDIA H200, LwF's task-incremental run
@@ -449,9 +449,12 @@ def test_a_run_with_graphs_trains_as_eagerly_and_resumes_exactly(
         for key, value in b.items():
             torch.testing.assert_close(a[key], value, rtol=1e-4, atol=1e-5)
 
-    # Adam, as the protocols train, with graphs: stopped after task 1 and resumed, the run
-    # is the uninterrupted one exactly.
+    # Adam, as the protocols train, with graphs (its captured step against the eager one:
+    # test_a_captured_finetune_step_trains_as_the_eager_one): stopped after task 1 and
+    # resumed, the run is the uninterrupted one exactly.
+    before = captures[0]
     whole = run(config("train.cuda_graphs=true"), tmp_path / "whole")
+    assert captures[0] - before == expected[scenario == "class"]
     run_stopped_after_task_1(config("train.cuda_graphs=true"), tmp_path / "stopped", monkeypatch)
     resumed = run(
         config("train.cuda_graphs=true", f"resume={tmp_path / 'stopped'}"), tmp_path / "other"

@@ -52,9 +52,9 @@ changes no Python state from step to step within a task (state fixed for the tas
 LwF's snapshot, is fine: each task is captured afresh). Random numbers are fine when drawn
 from torch's default CUDA generator, which every replay advances. The default step
 (cross-entropy, zero_grad, backward, step) qualifies: ``Finetune`` and ``Joint`` declare
-True, as LwF, MC dropout and VCL do; the loop replays only batches answered by one head. A
-method that is not sure keeps False and trains eagerly: the quadratic penalties (EWC, online
-EWC, SI, MAS, L2), ER, A-GEM and DER++ do, each saying why in its own file. A method that
+True, as LwF, MC dropout, VCL and the quadratic penalties (EWC, online EWC, SI, MAS, L2) do;
+the loop replays only batches answered by one head. A method that is not sure keeps False
+and trains eagerly: ER, A-GEM and DER++ do, each saying why in its own file. A method that
 trains phases of its own (VCL's maximum-likelihood start and coreset tuning) replays them
 from graphs where ``cuda_graph`` is True: the run sets it, once, to whether its own training
 steps are replayed.

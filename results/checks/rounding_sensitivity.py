@@ -8,7 +8,7 @@ parameter multiplied by ``1 + nudge * N(0, 1)`` right after its first optimiser 
 prints the largest difference between the two runs' final weights, per method and optimiser
 (Adam as configured; SGD at learning rate 0.01).
 
-    CL_BAYES_DATA=<data root> python results/checks/rounding_sensitivity.py \
+    python results/checks/rounding_sensitivity.py \
         [--methods finetune,lwf,mc_dropout,ewc] [--nudge 1e-7] [--scenario task]
 """
 
@@ -58,6 +58,8 @@ def final_weights(method: str, scenario: str, optimizer: str, nudge: float) -> d
                 *overrides,
             )
             record = run(cfg, Path(folder) / "run")
+            if nudge and not steps[0]:
+                raise RuntimeError(f"no {cls.__name__} step ran: the nudge was not applied")
             state = checkpoint.load(Path(record["record_path"]).parent / checkpoint.CHECKPOINT_NAME)
             return {k: v.clone() for k, v in state["model"].items()}
     finally:
