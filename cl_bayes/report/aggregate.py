@@ -58,6 +58,8 @@ class GroupSummary:
     the settings in which this group's configuration differs from theirs
     (:func:`distinguishing_settings`). ``benchmark`` is the fingerprint of the benchmark its
     runs ran (:func:`benchmark_fingerprint`): groups are ranked against those of the same one.
+    ``accelerators`` counts the runs that trained on each GPU (:func:`accelerators`; empty
+    where all ran on a CPU), which the leaderboard names beside the training time.
     """
 
     key: GroupKey
@@ -193,13 +195,8 @@ def accelerators(runs: Sequence[dict[str, Any]]) -> dict[str, int]:
     it is named by its ``device_name`` (``NVIDIA H200``), or by its ``device`` where the record
     has no name. Runs on a CPU, and records without a ``device``, are not counted.
     """
-    named: dict[str, int] = {}
-    for run in runs:
-        device = str(run.get("device") or "cpu")
-        if device == "cpu":
-            continue
-        name = str(run.get("device_name") or device)
-        named[name] = named.get(name, 0) + 1
+    on_accelerators = [r for r in runs if str(r.get("device") or "cpu") != "cpu"]
+    named = Counter(str(r.get("device_name") or r["device"]) for r in on_accelerators)
     return dict(sorted(named.items()))
 
 
