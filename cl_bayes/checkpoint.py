@@ -148,6 +148,21 @@ def load(path: Path) -> dict[str, Any]:
         raise UserError(_unreadable(path, error)) from None
 
 
+def to_device(state: Any, device: torch.device | str) -> Any:
+    """``state`` with every tensor in it moved to ``device`` (dicts, lists and tuples rebuilt).
+
+    :func:`load` puts tensors on the CPU; a method's state goes back to the run's device before
+    it is restored, so that what it adds to the model's parameters lives beside them.
+    """
+    if isinstance(state, torch.Tensor):
+        return state.to(device)
+    if isinstance(state, dict):
+        return type(state)((key, to_device(value, device)) for key, value in state.items())
+    if isinstance(state, list | tuple):
+        return type(state)(to_device(value, device) for value in state)
+    return state
+
+
 def _unreadable(path: Path, error: Exception) -> str:
     """One line for a file torch cannot read, with the gist of torch's (long) message."""
     boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")

@@ -128,7 +128,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         R = np.array(state["accuracy_matrix"], dtype=float)
         _add_uncertainty_entries(record, T)  # a checkpoint written before they were measured
         model.load_state_dict(state["model"])
-        method.load_state_dict(state["method"])
+        method.load_state_dict(checkpoint.to_device(state["method"], device))
         checkpoint.set_rng_state(state["rng"])
         log.info(f"Resuming {record['run_id']} after task {record['tasks_completed']}/{T}")
     record["status"] = "running"

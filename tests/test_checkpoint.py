@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,6 +75,19 @@ def test_a_checkpoint_round_trips_as_tensors_and_plain_data(tmp_path, seeded):
     assert torch.equal(
         loaded["rng"]["numpy"]["keys"], torch.from_numpy(np.random.get_state()[1].astype(np.int64))
     )
+
+
+def test_a_methods_state_moves_to_the_runs_device_whole():
+    # load() puts tensors on the CPU; a resumed run on a GPU moves the method's state there
+    # (an EWC penalty built from CPU tensors fails at its first sum with the GPU's parameters).
+    fisher = OrderedDict(w=torch.ones(2))
+    state = {"fisher": [fisher], "pair": (torch.zeros(1), 3), "seen_heads": [0], "scale": 0.5}
+    moved = checkpoint.to_device(state, "meta")
+    assert moved["fisher"][0]["w"].device.type == "meta"
+    assert moved["pair"][0].device.type == "meta" and moved["pair"][1] == 3
+    assert type(moved["fisher"][0]) is OrderedDict and type(moved["pair"]) is tuple
+    assert moved["seen_heads"] == [0] and moved["scale"] == 0.5
+    assert fisher["w"].device.type == "cpu"  # the loaded state itself is left as it was
 
 
 def test_restoring_the_generators_continues_bit_for_bit(tmp_path, seeded):
