@@ -11,6 +11,7 @@ the same way.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import pickle
 import random
@@ -156,8 +157,13 @@ def to_device(state: Any, device: torch.device | str) -> Any:
     """
     if isinstance(state, torch.Tensor):
         return state.to(device)
-    if isinstance(state, dict):
-        return type(state)((key, to_device(value, device)) for key, value in state.items())
+    if isinstance(state, dict):  # a copy keeps the kind of dict (ordered, counting, default)
+        moved = copy.copy(state)
+        for key, value in state.items():
+            moved[key] = to_device(value, device)
+        return moved
+    if isinstance(state, tuple) and hasattr(state, "_fields"):  # a named tuple
+        return type(state)(*(to_device(value, device) for value in state))
     if isinstance(state, list | tuple):
         return type(state)(to_device(value, device) for value in state)
     return state

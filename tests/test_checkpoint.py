@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections import OrderedDict
+from collections import Counter, OrderedDict, namedtuple
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +15,7 @@ from cl_bayes import checkpoint
 from cl_bayes.errors import UserError
 from cl_bayes.posterior_summary import main as posterior_summary
 from cl_bayes.run import run
+from tests.methods.runs import run_stopped_after_task_1
 
 
 def _draws() -> list[float]:
@@ -79,15 +80,46 @@ def test_a_checkpoint_round_trips_as_tensors_and_plain_data(tmp_path, seeded):
 
 def test_a_methods_state_moves_to_the_runs_device_whole():
     # load() puts tensors on the CPU; a resumed run on a GPU moves the method's state there
-    # (an EWC penalty built from CPU tensors fails at its first sum with the GPU's parameters).
+    # (EWC's after_task, merging a loaded CPU Fisher with the new task's GPU one, failed).
+    Pair = namedtuple("Pair", "tensor count")
     fisher = OrderedDict(w=torch.ones(2))
-    state = {"fisher": [fisher], "pair": (torch.zeros(1), 3), "seen_heads": [0], "scale": 0.5}
+    state = {
+        "fisher": [fisher],
+        "pair": (torch.zeros(1), 3),
+        "named": Pair(torch.zeros(1), 2),
+        "counts": Counter(a=3),
+        "seen_heads": [0],
+        "scale": 0.5,
+    }
     moved = checkpoint.to_device(state, "meta")
     assert moved["fisher"][0]["w"].device.type == "meta"
     assert moved["pair"][0].device.type == "meta" and moved["pair"][1] == 3
     assert type(moved["fisher"][0]) is OrderedDict and type(moved["pair"]) is tuple
+    assert type(moved["named"]) is Pair and moved["named"].tensor.device.type == "meta"
+    assert moved["named"].count == 2
+    assert moved["counts"] == Counter(a=3) and type(moved["counts"]) is Counter
     assert moved["seen_heads"] == [0] and moved["scale"] == 0.5
     assert fisher["w"].device.type == "cpu"  # the loaded state itself is left as it was
+
+
+def test_a_resumed_run_restores_its_methods_state_on_the_runs_device(
+    tiny_cfg, tmp_path, cached_data, monkeypatch
+):
+    cfg = tiny_cfg("method=ewc", "task.n_tasks=2")
+    run_stopped_after_task_1(cfg, tmp_path / "stopped", monkeypatch)
+    moves = []
+    real = checkpoint.to_device
+
+    def to_device(state, device):  # its recursive calls come through here too
+        moves.append((state, torch.device(device)))
+        return real(state, device)
+
+    monkeypatch.setattr(checkpoint, "to_device", to_device)
+    resumed = tiny_cfg("method=ewc", "task.n_tasks=2", f"resume={tmp_path / 'stopped'}")
+    record = run(resumed, tmp_path / "resumed")
+    assert record["status"] == "completed"
+    assert sorted(moves[0][0]) == ["anchors", "fisher", "seen_heads"]  # EWC's whole state
+    assert {device for _, device in moves} == {torch.device("cpu")}
 
 
 def test_restoring_the_generators_continues_bit_for_bit(tmp_path, seeded):
