@@ -7,16 +7,18 @@ This script times a finetune step (forward, backward, Adam) of the Split-MNIST p
 network (784-400-400 MLP, a 2-unit head, batch 128, lr 1e-3) on the first Split-MNIST task's
 examples, for each implementation on the same batches from the same initial weights (the
 three in turns, step by step), and prints the median step's time, the largest weight
-difference from the default after the timed steps (0: the same rounding), and one likely
-cause of the difference in time: the share of the first layer's second moments that are
-exactly 0 (weights of pixels that are 0 in every example get a zero gradient) and what
-``sqrt`` costs on that tensor, with and without them.
+difference from the default after the timed steps (0: the same rounding), the share of the
+first layer's second moments that are exactly 0 (weights of pixels that are 0 in every
+example get a zero gradient) and what the default's ``sqrt`` of that tensor costs, with and
+without the zeros. ``--input-offset 0.001`` adds that much to every pixel, a control in
+which no second moment stays 0.
 
     CL_BAYES_DATA=<data root> python benchmarks/adam_step.py [--steps 300] [--threads 1]
-        [--hidden 400,400]
+        [--hidden 400,400] [--input-offset 0]
 
-Times are the process's CPU time (``time.process_time``), so other jobs holding the cores do
-not count; subnormal floats are flushed as in a run (``flush_denormal``).
+Times are the process's CPU time (``time.process_time``), which sums the CPU time of all its
+threads: with ``--threads 1`` (the default) other jobs holding the cores do not count.
+Subnormal floats are flushed as in a run (``flush_denormal``).
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="timed steps per implementation")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--hidden", default="400,400", help="hidden layer sizes")
+    parser.add_argument(
+        "--input-offset", type=float, default=0.0, help="added to every pixel (a control)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     register_task_sequences()
@@ -78,6 +83,7 @@ def main() -> None:
     set_flush_denormal(cfg.flush_denormal)
     sequence = instantiate(cfg.task, root=root, download=True, device="cpu", seed=0)
     data = Scenario.TASK.labelled(sequence, 0, "train")
+    data.x.add_(args.input_offset)
     generator = torch.Generator().manual_seed(0)
     total = WARM_UP_STEPS + args.steps
     batches = [torch.randint(len(data), (128,), generator=generator) for _ in range(total)]
@@ -88,11 +94,12 @@ def main() -> None:
         model = instantiate(cfg.model, input_shape=[1, 28, 28], head_sizes=[2])
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, **options)
         runs[label] = (model, instantiate(cfg.method), optimizer, [])
-    # Step by step, each implementation in turn, so that a change in the machine's speed
-    # reaches all three alike.
+    # Step by step, each implementation in turn (the first one rotating), so that a change in
+    # the machine's speed reaches all three alike.
+    order = list(runs.values())
     for step, index in enumerate(batches):
         batch = data.subset(index)
-        for model, method, optimizer, times in runs.values():
+        for model, method, optimizer, times in order[step % 3 :] + order[: step % 3]:
             started = time.process_time()
             method.train_step(model, batch, optimizer)
             if step >= WARM_UP_STEPS:
@@ -114,8 +121,9 @@ def main() -> None:
         f"capability {torch.backends.cpu.get_cpu_capability()}"
     )
     print(
-        f"784-{'-'.join(map(str, hidden))}-2 MLP, Split-MNIST task 1 ({len(data)} examples), "
-        f"batch 128, Adam lr 1e-3; median of {args.steps} steps after {WARM_UP_STEPS}, "
+        f"784-{'-'.join(map(str, hidden))}-2 MLP, Split-MNIST task 1 ({len(data)} examples, "
+        f"{args.input_offset:g} added to every pixel), batch 128, Adam lr 1e-3; median of "
+        f"{args.steps} steps after {WARM_UP_STEPS}, "
         "the three in turns; CPU clock"
     )
     print(f"{'Adam':<20} {'ms/step':>8} {'x default':>9} {'max |weight - default|':>23}")
