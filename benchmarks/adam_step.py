@@ -33,9 +33,9 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
-from cl_bayes.config import CONF_DIR, register_task_sequences
+from cl_bayes.config import CONF_DIR, instantiate, register_task_sequences
+from cl_bayes.errors import exit_on_user_error
 from cl_bayes.run import set_flush_denormal
 from cl_bayes.scenario import Scenario
 
@@ -67,10 +67,19 @@ def main() -> None:
         "--input-offset", type=float, default=0.0, help="added to every pixel (a control)"
     )
     args = parser.parse_args()
+    if args.steps < 1 or args.threads < 1:
+        parser.error("--steps and --threads take a whole number >= 1")
+    try:
+        hidden = [int(size) for size in args.hidden.split(",")]
+    except ValueError:
+        parser.error(
+            f"--hidden takes layer sizes separated by commas, e.g. 400,400; got {args.hidden!r}"
+        )
+    if min(hidden) < 1:
+        parser.error(f"--hidden takes layer sizes >= 1, got {args.hidden!r}")
     torch.set_num_threads(args.threads)
     register_task_sequences()
     root = os.environ.get("CL_BAYES_DATA", str(Path(__file__).resolve().parents[1] / "data"))
-    hidden = [int(size) for size in args.hidden.split(",")]
     overrides = [
         "task=split_mnist",
         "method=finetune",
@@ -88,33 +97,26 @@ def main() -> None:
     total = WARM_UP_STEPS + args.steps
     batches = [torch.randint(len(data), (128,), generator=generator) for _ in range(total)]
 
-    runs = {}
+    method = instantiate(cfg.method)  # finetune keeps no state of its own
+    models, optimizers, times = {}, {}, {label: [] for label in IMPLEMENTATIONS}
     for label, options in IMPLEMENTATIONS.items():
         torch.manual_seed(0)
-        model = instantiate(cfg.model, input_shape=[1, 28, 28], head_sizes=[2])
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, **options)
-        runs[label] = (model, instantiate(cfg.method), optimizer, [])
+        models[label] = instantiate(cfg.model, input_shape=[1, 28, 28], head_sizes=[2])
+        optimizers[label] = torch.optim.Adam(models[label].parameters(), lr=1e-3, **options)
     # Step by step, each implementation in turn (the first one rotating), so that a change in
     # the machine's speed reaches all three alike.
-    order = list(runs.values())
+    labels = list(IMPLEMENTATIONS)
     for step, index in enumerate(batches):
         batch = data.subset(index)
-        for model, method, optimizer, times in order[step % 3 :] + order[: step % 3]:
+        first = step % len(labels)
+        for label in labels[first:] + labels[:first]:
             started = time.process_time()
-            method.train_step(model, batch, optimizer)
+            method.train_step(models[label], batch, optimizers[label])
             if step >= WARM_UP_STEPS:
-                times.append(time.process_time() - started)
-    results = {
-        label: (
-            statistics.median(times),
-            [p.detach().clone() for p in model.parameters()],
-            optimizer,
-            model,
-        )
-        for label, (model, _, optimizer, times) in runs.items()
-    }
+                times[label].append(time.process_time() - started)
 
-    reference_time, reference_weights, optimizer, model = results["for-loop (default)"]
+    default = labels[0]
+    reference_time = statistics.median(times[default])
     print(f"command : CL_BAYES_DATA={root} {shlex.join([Path(sys.executable).name, *sys.argv])}")
     print(
         f"machine : torch {torch.__version__}, {torch.get_num_threads()} threads, CPU "
@@ -127,17 +129,17 @@ def main() -> None:
         "the three in turns; CPU clock"
     )
     print(f"{'Adam':<20} {'ms/step':>8} {'x default':>9} {'max |weight - default|':>23}")
-    for label, (step_time, weights, _, _) in results.items():
-        difference = max(
-            (w - r).abs().max().item() for w, r in zip(weights, reference_weights, strict=True)
-        )
+    for label in labels:
+        step_time = statistics.median(times[label])
+        pairs = zip(models[label].parameters(), models[default].parameters(), strict=True)
+        difference = max((w - r).abs().max().item() for w, r in pairs)
         print(
             f"{label:<20} {step_time * 1e3:8.3f} {step_time / reference_time:8.2f}x "
             f"{difference:23.2e}"
         )
 
-    first_layer = next(model.parameters())
-    second_moment = optimizer.state[first_layer]["exp_avg_sq"]
+    first_layer = next(models[default].parameters())
+    second_moment = optimizers[default].state[first_layer]["exp_avg_sq"]
     zeros = (second_moment == 0).float().mean().item()
     without_zeros = second_moment.clamp_min(torch.finfo(torch.float32).tiny)
     with_time = per_call_seconds(second_moment.sqrt, 50)
@@ -150,4 +152,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

@@ -43,10 +43,10 @@ from typing import Callable
 
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
-from cl_bayes.config import CONF_DIR, register_task_sequences
+from cl_bayes.config import CONF_DIR, instantiate, register_task_sequences
 from cl_bayes.cuda_graphs import build_optimizer
+from cl_bayes.errors import exit_on_user_error
 from cl_bayes.record import device_name
 from cl_bayes.run import resolve_device
 from cl_bayes.scenario import Scenario
@@ -166,4 +166,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

@@ -30,10 +30,10 @@ import time
 
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
-from cl_bayes.config import CONF_DIR, register_task_sequences
+from cl_bayes.config import CONF_DIR, instantiate, register_task_sequences
 from cl_bayes.data import LabelledData
+from cl_bayes.errors import exit_on_user_error
 from cl_bayes.evaluation import detection_auroc, detection_positions, evaluate, unseen_scores
 from cl_bayes.metrics import pool_bins
 from cl_bayes.scenario import Scenario
@@ -153,4 +153,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from torch import nn
 
-from cl_bayes.config import CONF_DIR, register_task_sequences
+from cl_bayes.config import CONF_DIR, instantiate, register_task_sequences
+from cl_bayes.errors import exit_on_user_error
 from cl_bayes.methods.finetune import Finetune
 from cl_bayes.record import device_name
 from cl_bayes.run import resolve_device, train_task
@@ -72,7 +73,6 @@ def main() -> None:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     device = resolve_device(cfg.device)
-    from hydra.utils import instantiate
 
     sequence = instantiate(cfg.task, root=root, download=True, device=device, seed=0)
     scenario = Scenario.TASK
@@ -135,4 +135,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

@@ -37,13 +37,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from cl_bayes import checkpoint
-from cl_bayes.config import register_task_sequences
+from cl_bayes.config import instantiate, register_task_sequences
 from cl_bayes.data import LabelledData, permuted_sequence
-from cl_bayes.errors import UserError
+from cl_bayes.errors import UserError, exit_on_user_error
 from cl_bayes.models.mlp import MLP
 from cl_bayes.scenario import Scenario
 
@@ -176,4 +175,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

@@ -47,12 +47,12 @@ from typing import Callable
 
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from cl_bayes.allocator import keep_freed_memory
-from cl_bayes.config import CONF_DIR, register_task_sequences
+from cl_bayes.config import CONF_DIR, instantiate, register_task_sequences
 from cl_bayes.data import LabelledData
+from cl_bayes.errors import exit_on_user_error
 from cl_bayes.run import resolve_device, set_flush_denormal, train_task
 from cl_bayes.scenario import Scenario
 
@@ -330,4 +330,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 from cl_bayes.allocator import keep_freed_memory
-from cl_bayes.config import CONF_DIR, register_task_sequences
+from cl_bayes.config import CONF_DIR, instantiate, register_task_sequences
+from cl_bayes.errors import exit_on_user_error
 from cl_bayes.run import resolve_device
 from cl_bayes.scenario import Scenario
 
@@ -150,4 +150,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

@@ -16,6 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 import cl_bayes.__main__
 from cl_bayes.config import REPO_ROOT, register_task_sequences
+from cl_bayes.errors import DataNotFoundError, exit_on_user_error
 from tests.conftest import LONG_ENOUGH, TINY, run_cli
 
 
@@ -263,3 +264,32 @@ def test_every_job_keeps_freed_memory_whichever_launcher_runs_it(tmp_path, monke
     assert info.value.code == 2
     assert calls == [1]
     assert not run_dir.exists()
+
+
+def test_a_scripts_user_error_is_one_message_and_exit_status_2(capsys):
+    # The benchmark scripts end with exit_on_user_error(main): missing data or a bad setting
+    # reaches the user as the suite's message, not as a traceback through Hydra.
+    def main():
+        raise DataNotFoundError("MNIST not found under /nowhere. Fix: set CL_BAYES_DATA.")
+
+    with pytest.raises(SystemExit) as stopped:
+        exit_on_user_error(main)
+    assert stopped.value.code == 2
+    assert (
+        capsys.readouterr().err
+        == "error: MNIST not found under /nowhere. Fix: set CL_BAYES_DATA.\n"
+    )
+
+    def buggy():
+        raise KeyError("a bug")
+
+    with pytest.raises(KeyError):  # anything else is a bug and keeps its traceback
+        exit_on_user_error(buggy)
+
+
+def test_every_benchmark_script_reports_user_errors_in_one_message():
+    for script in sorted((REPO_ROOT / "benchmarks").glob("*.py")):
+        text = script.read_text()
+        if "instantiate(" in text:  # builds the suite's tasks or models: data may be missing
+            assert "from hydra.utils import instantiate" not in text, script.name
+            assert "exit_on_user_error(main)" in text, script.name
