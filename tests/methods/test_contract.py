@@ -3,8 +3,10 @@
 On a tiny synthetic two-task sequence: ``predict`` returns log-probabilities; ``train_step``
 changes the parameters and returns the loss; a ``state_dict`` round trip (through
 ``torch.save`` / ``torch.load(weights_only=True)``, as checkpoints are read) reproduces the
-predictions exactly; ``training_data`` never receives a later task; and a run resumed after
-task 1 ends with exactly the accuracy matrix of the uninterrupted run.
+predictions exactly; a run over three tasks completes in every scenario (task-, domain- and
+class-incremental) with a well-formed accuracy matrix, and ``training_data`` never receives a
+later task; and a run resumed after task 1 ends with exactly the accuracy matrix of the
+uninterrupted run.
 """
 
 from __future__ import annotations
@@ -155,8 +157,11 @@ def test_a_state_dict_round_trip_reproduces_the_predictions_exactly(tmp_path, na
 
 
 @pytest.mark.parametrize("name", METHODS)
-def test_training_data_never_receives_a_later_task(tmp_path, name, monkeypatch):
-    cfg = _config(tmp_path, name, "task.n_tasks=3")
+@pytest.mark.parametrize("scenario", ["task", "domain", "class"])
+def test_runs_end_to_end_and_training_data_never_receives_a_later_task(
+    tmp_path, name, scenario, monkeypatch
+):
+    cfg = _config(tmp_path, name, "task.n_tasks=3", f"scenario={scenario}")
     cls = type(instantiate(cfg.method))
     real = cls.training_data
     received = []
@@ -166,8 +171,17 @@ def test_training_data_never_receives_a_later_task(tmp_path, name, monkeypatch):
         return real(self, task_id, seen)
 
     monkeypatch.setattr(cls, "training_data", spy)
-    run(cfg, tmp_path / "run")
+    record = run(cfg, tmp_path / "run")
     assert received == [(0, 1), (1, 2), (2, 3)]
+    assert record["status"] == "completed" and record["scenario"] == scenario
+    # After each task, every task seen so far is measured, as a fraction. Later tasks are
+    # measured only in domain-IL, where the shared head answers them (forward transfer).
+    matrix = json.loads(Path(record["record_path"]).read_text())["accuracy_matrix"]
+    assert len(matrix) == 3
+    for i, row in enumerate(matrix):
+        measured = row if scenario == "domain" else row[: i + 1]
+        assert len(row) == 3 and all(0 <= acc <= 1 for acc in measured), (i, row)
+        assert all(acc is None for acc in row[len(measured) :]), (i, row)
 
 
 @pytest.mark.parametrize("name", METHODS)
