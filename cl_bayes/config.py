@@ -141,6 +141,18 @@ def check_config(cfg: DictConfig) -> None:
     _whole_number(cfg.train.batch_size, "train.batch_size", null="full batch")
     _whole_number(cfg.train.get("steps"), "train.steps", null="train.epochs passes per task")
     check_cuda_graphs(cfg.train.get("cuda_graphs", "auto"))
+    reset_optimizer = cfg.train.get("reset_optimizer", True)
+    if not isinstance(reset_optimizer, bool):
+        raise ConfigError(
+            f"train.reset_optimizer must be true or false, got {reset_optimizer!r}: true builds "
+            f"a fresh optimiser for every task, false keeps one optimiser across tasks."
+        )
+    if not reset_optimizer and cfg.train.get("cuda_graphs", "auto") is True:
+        raise ConfigError(
+            "train.cuda_graphs=true needs train.reset_optimizer=true: a step is captured with "
+            "an optimiser built for its task. Use train.cuda_graphs=auto or false to keep the "
+            "optimiser across tasks."
+        )
     if not isinstance(cfg.get("flush_denormal", True), bool):
         raise ConfigError(
             f"flush_denormal must be true or false, got {cfg.flush_denormal!r}: true flushes "

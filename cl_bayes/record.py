@@ -47,6 +47,8 @@ ADDED_OPTIONS = {
     # Whether a GPU replays the training step from CUDA graphs: the same computation, launched
     # otherwise (results agree to rounding); runs before the option trained eagerly, as CPUs do.
     ("train", "cuda_graphs"): "auto",
+    # A fresh optimiser for every task, as every run trained before the option existed.
+    ("train", "reset_optimizer"): True,
 }
 
 

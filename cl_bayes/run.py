@@ -109,7 +109,20 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     method: Method = instantiate(cfg.method)
     method_name = type(method).__module__.rsplit(".", 1)[-1]
     cuda_graph = use_cuda_graphs(cfg.train.get("cuda_graphs", "auto"), device, method)
+    reset_optimizer = cfg.train.get("reset_optimizer", True)
+    if cuda_graph and not reset_optimizer:
+        log.info(
+            "train.cuda_graphs: the optimiser is kept across tasks (train.reset_optimizer="
+            "false), so training runs eagerly."
+        )
+        cuda_graph = False
     method.cuda_graph = cuda_graph
+    # One optimiser for the whole run, or None: a fresh one for every task (train_task).
+    kept_optimizer = (
+        None
+        if reset_optimizer
+        else build_optimizer(instantiate(cfg.optimizer), model.parameters(), captured=False)
+    )
     logger: Logger = instantiate(cfg.logger)
 
     if state is None:
@@ -129,6 +142,8 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         _add_uncertainty_entries(record, T)  # a checkpoint written before they were measured
         model.load_state_dict(state["model"])
         method.load_state_dict(checkpoint.to_device(state["method"], device))
+        if kept_optimizer is not None:  # its state moves to the parameters' device
+            kept_optimizer.load_state_dict(state["optimizer"])
         checkpoint.set_rng_state(state["rng"])
         log.info(f"Resuming {record['run_id']} after task {record['tasks_completed']}/{T}")
     record["status"] = "running"
@@ -166,7 +181,9 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
             data = method.training_data(t, train_sets[: t + 1])
             method.before_task(model, t, data)
             started = time.perf_counter()
-            train_task(cfg, method, model, data, t, T, logger, cuda_graph=cuda_graph)
+            train_task(
+                cfg, method, model, data, t, T, logger, cuda_graph, optimizer=kept_optimizer
+            )
             method.after_task(model, t, data)
             record["train_seconds"].append(time.perf_counter() - started)
 
@@ -205,17 +222,17 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
                 f"after task {t + 1}/{T}: accuracy on tasks 1..{t + 1} = "
                 + " ".join(f"{100 * a:.2f}" for a in R[t, : t + 1])
             )
-            checkpoint.save(
-                output_dir / checkpoint.CHECKPOINT_NAME,
-                {
-                    "config": OmegaConf.to_container(cfg, resolve=True),
-                    "record": record,
-                    "accuracy_matrix": R.tolist(),
-                    "model": model.state_dict(),
-                    "method": method.state_dict(),
-                    "rng": checkpoint.rng_state(),
-                },
-            )
+            saved = {
+                "config": OmegaConf.to_container(cfg, resolve=True),
+                "record": record,
+                "accuracy_matrix": R.tolist(),
+                "model": model.state_dict(),
+                "method": method.state_dict(),
+                "rng": checkpoint.rng_state(),
+            }
+            if kept_optimizer is not None:
+                saved["optimizer"] = kept_optimizer.state_dict()
+            checkpoint.save(output_dir / checkpoint.CHECKPOINT_NAME, saved)
             save_record("running")
             logger.log_task(t, record)
         save_record("completed")
@@ -250,8 +267,12 @@ def train_task(
     T: int,
     logger: Logger | None = None,
     cuda_graph: bool = False,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> list[float]:
     """Train ``model`` on ``data`` with ``method.train_step`` and a fresh optimiser.
+
+    With ``optimizer``, that one trains instead, its state kept from earlier tasks
+    (``train.reset_optimizer=false``); it is never captured.
 
     Returns the epoch losses. While ``logger`` is active it gets every epoch's loss, with
     the method's ``epoch_metrics(model)`` (VCL: its KL term), as :class:`EpochMetrics`.
@@ -268,13 +289,17 @@ def train_task(
             logger.log_epoch(t, epoch, EpochMetrics(loss, method, model))
 
     label = f"task {t + 1}/{T}"
-    make_optimizer = instantiate(cfg.optimizer)
-    cuda_graph = cuda_graph and replayable(data, make_optimizer, label)
+    if optimizer is None:
+        make_optimizer = instantiate(cfg.optimizer)
+        cuda_graph = cuda_graph and replayable(data, make_optimizer, label)
+        optimizer = build_optimizer(make_optimizer, model.parameters(), captured=cuda_graph)
+    else:
+        cuda_graph = False
     return fit(
         model,
         data,
         method.train_step,
-        build_optimizer(make_optimizer, model.parameters(), captured=cuda_graph),
+        optimizer,
         cfg.train.epochs,
         cfg.train.batch_size,
         label=label,

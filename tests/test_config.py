@@ -178,6 +178,14 @@ def test_every_combination_composes_and_instantiates(
         ("train.cuda_graphs=1", r"^train\.cuda_graphs must be auto, true or false, got 1\.$"),
         ("flush_denormal=fast", r"^flush_denormal must be true or false, got 'fast': true flushes"),
         (
+            "train.reset_optimizer=sometimes",
+            r"^train\.reset_optimizer must be true or false, got 'sometimes': true builds",
+        ),
+        (
+            "train.reset_optimizer=false train.cuda_graphs=true",
+            r"^train\.cuda_graphs=true needs train\.reset_optimizer=true: ",
+        ),
+        (
             "train.cuda_graphs=true",
             r"^train\.cuda_graphs=true needs a CUDA device, .* device is cpu",
         ),

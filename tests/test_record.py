@@ -138,6 +138,17 @@ def test_cuda_graphs_at_auto_keeps_the_fingerprint_of_runs_recorded_before_the_o
     )
 
 
+def test_reset_optimizer_at_true_keeps_the_fingerprint_of_runs_recorded_before_the_option():
+    from cl_bayes.record import experiment_config
+
+    old = {"seed": 0, "train": {"epochs": 5}}
+    kept = {"seed": 0, "train": {"epochs": 5, "reset_optimizer": False}}
+    assert experiment_config({"seed": 0, "train": {"epochs": 5, "reset_optimizer": True}}) == (
+        experiment_config(old)
+    )
+    assert experiment_config(kept) != experiment_config(old)
+
+
 def test_the_device_name_is_the_cpu_model_with_its_cores_or_the_gpu_name(monkeypatch):
     monkeypatch.setattr(record.os, "cpu_count", lambda: 7)
     cpu = device_name(torch.device("cpu"))

@@ -1,0 +1,88 @@
+"""``train.reset_optimizer``: a fresh optimiser per task, or one kept across the whole run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cl_bayes import checkpoint
+from cl_bayes import run as run_module
+from cl_bayes.run import run
+from tests.conftest import compose_config
+from tests.methods.runs import SYNTHETIC, run_method, run_stopped_after_task_1
+
+# SYNTHETIC: 120 training examples a task, batch 32, 2 epochs: 4 steps an epoch.
+STEPS_PER_TASK = 2 * 4
+
+
+def _built_optimizers(monkeypatch) -> list[torch.optim.Optimizer]:
+    """Every optimiser the run builds, in order."""
+    built = []
+    real = run_module.build_optimizer
+
+    def spy(*args, **kwargs):
+        built.append(real(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(run_module, "build_optimizer", spy)
+    return built
+
+
+def _steps(optimizer: torch.optim.Optimizer) -> set[int]:
+    """Adam's step counts over the parameters it updated."""
+    return {int(state["step"]) for state in optimizer.state.values()}
+
+
+@pytest.mark.parametrize("scenario", ["task", "class"])
+def test_by_default_every_task_trains_with_a_fresh_optimiser(tmp_path, monkeypatch, scenario):
+    built = _built_optimizers(monkeypatch)
+    run_method(tmp_path, "finetune", "task.n_tasks=3", f"scenario={scenario}")
+    assert len(built) == 3
+    assert [_steps(optimizer) for optimizer in built] == [{STEPS_PER_TASK}] * 3
+
+
+@pytest.mark.parametrize("scenario", ["task", "class"])
+def test_a_kept_optimiser_carries_its_state_through_every_task(tmp_path, monkeypatch, scenario):
+    built = _built_optimizers(monkeypatch)
+    kept = run_method(
+        tmp_path, "finetune", "task.n_tasks=3", f"scenario={scenario}", "train.reset_optimizer=false"
+    )
+    assert len(built) == 1
+    # The shared body took every step of the three tasks; a task-IL head took its own task's.
+    body = [built[0].state[p]["step"] for p in built[0].param_groups[0]["params"][:2]]
+    assert [int(step) for step in body] == [3 * STEPS_PER_TASK] * 2
+    assert kept["config"]["train"]["reset_optimizer"] is False
+    fresh = run_method(tmp_path / "fresh", "finetune", "task.n_tasks=3", f"scenario={scenario}")
+    assert kept["accuracy_matrix"] != fresh["accuracy_matrix"]
+
+
+def test_a_run_with_a_kept_optimiser_resumes_exactly_as_the_uninterrupted_run(
+    tmp_path, monkeypatch
+):
+    def config(*overrides):
+        return compose_config(
+            *SYNTHETIC,
+            "method=finetune",
+            "train.reset_optimizer=false",
+            f"results_dir={tmp_path}/results",
+            *overrides,
+        )
+
+    whole = run(config(), tmp_path / "whole")
+    run_stopped_after_task_1(config(), tmp_path / "stopped", monkeypatch)
+    saved = checkpoint.load(tmp_path / "stopped" / checkpoint.CHECKPOINT_NAME)
+    assert {int(s["step"]) for s in saved["optimizer"]["state"].values()} == {STEPS_PER_TASK}
+
+    resumed = run(config(f"resume={tmp_path / 'stopped'}"), tmp_path / "other")
+    assert resumed["status"] == "completed"
+    records = [json.loads(Path(r["record_path"]).read_text()) for r in (whole, resumed)]
+    assert records[0]["accuracy_matrix"] == records[1]["accuracy_matrix"]
+
+
+def test_a_fresh_optimiser_checkpoint_holds_no_optimiser_state(tmp_path):
+    record = run_method(tmp_path, "finetune")
+    saved = checkpoint.load(Path(record["record_path"]).parent / checkpoint.CHECKPOINT_NAME)
+    assert "optimizer" not in saved
