@@ -23,7 +23,11 @@ the method's warm-up turn (cumulative, in the order of the table: a rise is that
 on CUDA the peak memory allocated by the method's turns is given as well.
 
     CL_BAYES_DATA=<data root> python benchmarks/method_epochs.py [--repeats 5] [--device cpu]
-        [--methods finetune,lwf] [--threads 1]
+        [--methods finetune,lwf] [--threads 1] [--scenario task|domain|class]
+
+``--scenario`` measures the same two tasks domain- or class-incrementally instead (one shared
+head of 2 units, or of the 4 classes of both tasks): in class-IL the expected Fisher of EWC and
+online EWC sums over every active output, its most expensive case.
 
 On a busy CPU host, ``--threads 1`` avoids OpenMP threads spin-waiting for a core (on a
 2-core machine shared with other jobs, finetune's epoch took 8 s with 2 threads, 1 s with 1),
@@ -75,7 +79,6 @@ NOTES = {"joint": "trains on tasks 1-2: twice the data"}
 OVERRIDES = [
     "task=split_mnist",
     "task.n_tasks=2",
-    "scenario=task",
     "train.epochs=1",
     "train.batch_size=128",
     "optimizer=adam",
@@ -105,9 +108,15 @@ def method_names() -> list[str]:
     return [REFERENCE] + [name for name in names if name != REFERENCE]
 
 
-def compose_method(name: str, device: str) -> DictConfig:
+def compose_method(name: str, device: str, scenario: str = "task") -> DictConfig:
     """The run configuration of ``method=name`` on the measured protocol."""
-    overrides = [f"method={name}", *OVERRIDES, f"device={device}", "model.hidden_sizes=[256,256]"]
+    overrides = [
+        f"method={name}",
+        *OVERRIDES,
+        f"scenario={scenario}",
+        f"device={device}",
+        "model.hidden_sizes=[256,256]",
+    ]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose("config", overrides=overrides)
 
@@ -123,6 +132,7 @@ def sync(device: torch.device) -> None:
 def one_turn(
     measured: Measured,
     train_sets: list[LabelledData],
+    head_sizes: list[int],
     device: torch.device,
     seed: int,
     clock: Callable[[], float] = time.perf_counter,
@@ -130,7 +140,7 @@ def one_turn(
     """Train task 1 (untimed), then time task 2's epoch and its ``after_task``."""
     cfg = measured.cfg
     torch.manual_seed(seed)
-    model = instantiate(cfg.model, input_shape=[1, 28, 28], head_sizes=[2, 2]).to(device)
+    model = instantiate(cfg.model, input_shape=[1, 28, 28], head_sizes=head_sizes).to(device)
     method = instantiate(cfg.method)
     T = len(train_sets)
     for t in range(T):
@@ -151,6 +161,7 @@ def one_turn(
 def measure(
     methods: list[Measured],
     train_sets: list[LabelledData],
+    head_sizes: list[int],
     device: torch.device,
     repeats: int,
     clock: Callable[[], float] = time.perf_counter,
@@ -169,7 +180,7 @@ def measure(
                 torch.cuda.reset_peak_memory_stats(device)
             try:
                 reference_epoch, reference_after = one_turn(
-                    reference, train_sets, device, repeat, clock
+                    reference, train_sets, head_sizes, device, repeat, clock
                 )
             except Exception as error:
                 reference.error = f"{type(error).__name__}: {error}".splitlines()[0][:100]
@@ -179,7 +190,9 @@ def measure(
                 if device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
                 try:
-                    epoch, after_task = one_turn(measured, train_sets, device, repeat, clock)
+                    epoch, after_task = one_turn(
+                        measured, train_sets, head_sizes, device, repeat, clock
+                    )
                 except Exception as error:  # a method being written may not run yet: say so
                     measured.error = f"{type(error).__name__}: {error}".splitlines()[0][:100]
                     continue
@@ -261,6 +274,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="auto")
     parser.add_argument(
+        "--scenario",
+        choices=[s.value for s in Scenario],
+        default="task",
+        help="task: a 2-unit head per task (the targets' setting); domain: one shared 2-unit "
+        "head; class: one head over both tasks' 4 classes (the expected Fisher sums over every "
+        "active output)",
+    )
+    parser.add_argument(
         "--methods", default=None, help="comma-separated subset (default: every method config)"
     )
     parser.add_argument(
@@ -288,19 +309,20 @@ def main() -> None:
             parser.error(f"no conf/method/<name>.yaml for {', '.join(unknown)}")
         names = [n for n in names if n in wanted or n == REFERENCE]
 
-    base = compose_method(REFERENCE, args.device)
+    base = compose_method(REFERENCE, args.device, args.scenario)
     device = resolve_device(base.device)
     set_flush_denormal(base.flush_denormal)  # as a run does (conf/config.yaml)
     if args.clock == "cpu" and device.type != "cpu":
         parser.error("--clock cpu times the host's CPU: use --clock wall on a GPU")
     sequence = instantiate(base.task, root=root, download=True, device=device, seed=0)
-    scenario = Scenario.TASK
+    scenario = Scenario.parse(args.scenario)
     train_sets = [scenario.labelled(sequence, t, "train") for t in range(sequence.n_tasks)]
+    head_sizes = scenario.head_sizes(sequence)
 
     methods, skipped = [], {}
     for name in names:
         try:
-            cfg = compose_method(name, args.device)
+            cfg = compose_method(name, args.device, args.scenario)
         except Exception as error:
             skipped[name] = f"config does not compose ({type(error).__name__}: {error})"[:120]
             continue
@@ -312,7 +334,7 @@ def main() -> None:
             continue
         methods.append(Measured(name, cfg))
 
-    measure(methods, train_sets, device, args.repeats, CLOCKS[args.clock])
+    measure(methods, train_sets, head_sizes, device, args.repeats, CLOCKS[args.clock])
     if not methods or methods[0].error:
         sys.exit(f"the reference method {REFERENCE} did not run: {methods[0].error}")
 
@@ -320,7 +342,8 @@ def main() -> None:
     print(f"command : CL_BAYES_DATA={root} {command}")
     print(f"machine : {machine(device)}")
     print(
-        f"Split-MNIST task 2 after task 1 (task-incremental), 784-256-256 MLP, 2-unit heads, "
+        f"Split-MNIST task 2 after task 1 ({scenario.value}-incremental), 784-256-256 MLP, "
+        f"heads of {'/'.join(map(str, head_sizes))} units, "
         f"batch 128, Adam lr 1e-3, {len(train_sets[1])} examples; device {device}; "
         f"median of {args.repeats} turns, methods in turns; {args.clock} clock"
     )
