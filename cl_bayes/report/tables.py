@@ -20,6 +20,12 @@ SCENARIO_NAMES = {
 HEAD_TYPES = {"task": "multi-head", "domain": "single head", "class": "single head"}
 
 
+def scenario_cell(scenario: str) -> str:
+    """``task-IL, multi-head``: a row's scenario and the head type it trains."""
+    short = f"{scenario}-IL" if scenario in SCENARIO_NAMES else scenario
+    return f"{short}, {HEAD_TYPES[scenario]}" if scenario in HEAD_TYPES else short
+
+
 def in_prose(metric: SummaryMetric) -> str:
     """The metric's name in a sentence: an acronym (``ACC``) as it is, a word in lower case."""
     return metric.label if metric.label.isupper() else metric.label.lower()
@@ -129,6 +135,7 @@ def leaderboard_table(groups: Sequence[GroupSummary]) -> Table:
     header = [
         "#",
         "Method",
+        "Scenario",
         "Protocol",
         "n",
         *(column_label(m) for m in metrics),
@@ -138,6 +145,7 @@ def leaderboard_table(groups: Sequence[GroupSummary]) -> Table:
         [
             str(rank),
             g.key.method,
+            scenario_cell(g.key.scenario),
             g.protocol_label,
             str(g.n),
             *(format_stat(g.stats.get(m.key), m, g.n) for m in metrics),
@@ -145,7 +153,7 @@ def leaderboard_table(groups: Sequence[GroupSummary]) -> Table:
         ]
         for rank, g in enumerate(groups, start=1)
     ]
-    numeric = [True, False, False, True, *(True for _ in metrics), True]
+    numeric = [True, False, False, False, True, *(True for _ in metrics), True]
     return Table(header, rows, numeric)
 
 
@@ -182,11 +190,17 @@ def curves_table(groups: Sequence[GroupSummary]) -> Table | None:
         return text if n == group.n else f"{text} (n={n})"
 
     rows = [
-        [g.key.method, g.protocol_label, str(g.n), *(cell(g, *c[1:]) for c in columns)]
+        [
+            g.key.method,
+            scenario_cell(g.key.scenario),
+            g.protocol_label,
+            str(g.n),
+            *(cell(g, *c[1:]) for c in columns),
+        ]
         for g in shown
     ]
-    header = ["Method", "Protocol", "n", *(c[0] for c in columns)]
-    return Table(header, rows, [False, False, True, *(False for _ in columns)])
+    header = ["Method", "Scenario", "Protocol", "n", *(c[0] for c in columns)]
+    return Table(header, rows, [False, False, False, True, *(False for _ in columns)])
 
 
 def not_averaged_table(runs: Sequence[NotAveraged]) -> Table:

@@ -43,7 +43,7 @@ def test_readme_block_is_replaced_and_regenerating_keeps_it(tmp_path):
     block = text.split(README_BEGIN)[1].split(README_END)[0]
     assert "old table" not in block
     assert "### split_mnist · task-incremental (multi-head) · p" in block
-    assert "| 1 | vcl | p | 3 | 94.00 ± 4.00 |" in block
+    assert "| 1 | vcl | task-IL, multi-head | p | 3 | 94.00 ± 4.00 |" in block
     assert "Runs not averaged" not in block
     assert "python -m cl_bayes.report --results" in block
     # --out defaults to the results folder.

@@ -27,7 +27,9 @@ def test_a_seed_run_twice_counts_once_the_newer_run_kept_and_the_older_listed(tm
     expected_std = np.std([0.90, 0.96, 0.98], ddof=1)
     assert math.isclose(100 * expected_std, 4.163, abs_tol=1e-3)
     (row,) = rows_of(markdown)
-    assert row.startswith("| 1 | vcl | p | 3 | 94.67 ± 4.16 | -1.67 ± 1.15 | 3.00 ± 2.65 |")
+    assert row.startswith(
+        "| 1 | vcl | task-IL, multi-head | p | 3 | 94.67 ± 4.16 | -1.67 ± 1.15 | 3.00 ± 2.65 |"
+    )
     apart = markdown.split("## Runs not averaged")[1]
     assert (
         "| p-seed1 | superseded | 2/2 | p | seed 1 run again: the newer run p-seed1-again "

@@ -19,10 +19,12 @@ def test_table_row_holds_the_hand_computed_means_and_stds(tmp_path):
     markdown, _ = generate(tmp_path, *three_seeds())
     # ACC 94.00 ± 4.00; BWT -2.00 ± 1.00; forgetting 3.00 ± sqrt(7) = 2.65; train 40 ± 10 s.
     assert rows_of(markdown) == [
-        "| 1 | vcl | p | 3 | 94.00 ± 4.00 | -2.00 ± 1.00 | 3.00 ± 2.65 | n/a | 40.0 ± 10.0 s |"
+        "| 1 | vcl | task-IL, multi-head | p | 3 | 94.00 ± 4.00 | -2.00 ± 1.00 "
+        "| 3.00 ± 2.65 | n/a | 40.0 ± 10.0 s |"
     ]
     assert (
-        "| # | Method | Protocol | n | ACC (%) | BWT (%) | Forgetting (%) | FWT (%) |" in markdown
+        "| # | Method | Scenario | Protocol | n | ACC (%) | BWT (%) | Forgetting (%) "
+        "| FWT (%) |" in markdown
     )
     assert "## split_mnist · task-incremental (multi-head) · p" in markdown
     assert f"by `{COMMAND}`" in markdown
@@ -32,7 +34,8 @@ def test_table_row_holds_the_hand_computed_means_and_stds(tmp_path):
 def test_a_single_run_shows_no_std_and_long_runs_are_in_minutes(tmp_path):
     markdown, _ = generate(tmp_path, make_record("one", 0.88, train_seconds=(300.0, 420.0)))
     assert rows_of(markdown) == [
-        "| 1 | vcl | p | 1 | 88.00 ± – | -1.00 ± – | 2.00 ± – | n/a | 12.0 ± – min |"
+        "| 1 | vcl | task-IL, multi-head | p | 1 | 88.00 ± – | -1.00 ± – | 2.00 ± – | n/a "
+        "| 12.0 ± – min |"
     ]
 
 
@@ -50,7 +53,9 @@ def test_failed_interrupted_and_running_runs_are_listed_apart_and_not_averaged(t
         make_record("p-seed5", 0.30, status="running", seed=5, train_seconds=(5.0,)),
     ]
     markdown, html_text = generate(tmp_path, *three_seeds(), *incomplete)
-    assert rows_of(markdown)[0].startswith("| 1 | vcl | p | 3 | 94.00 ± 4.00 | -2.00 ± 1.00 |")
+    assert rows_of(markdown)[0].startswith(
+        "| 1 | vcl | task-IL, multi-head | p | 3 | 94.00 ± 4.00 | -2.00 ± 1.00 |"
+    )
     failed = markdown.split("## Runs not averaged")[1]
     assert "| Run | Status | Tasks completed | Protocol | Reason |" in failed
     assert (
@@ -77,9 +82,11 @@ def test_groups_are_separated_by_protocol_and_scenario(tmp_path):
         "## split_mnist · task-incremental (multi-head) · p"
     )
     rows = rows_of(markdown)
-    assert rows[0].startswith("| 1 | vcl | p | 1 | 40.00 ± – |")  # the class table
-    assert rows[1].startswith("| 1 | vcl | q | 2 | 98.00 ± 1.41 |")  # sqrt(2) / 100
-    assert rows[2].startswith("| 2 | vcl | p | 3 | 94.00 ± 4.00 |")
+    assert rows[0].startswith("| 1 | vcl | class-IL, single head | p | 1 | 40.00 ± – |")  # class
+    assert rows[1].startswith(
+        "| 1 | vcl | task-IL, multi-head | q | 2 | 98.00 ± 1.41 |"
+    )  # sqrt(2) / 100
+    assert rows[2].startswith("| 2 | vcl | task-IL, multi-head | p | 3 | 94.00 ± 4.00 |")
     assert len(rows) == 3
 
 
@@ -123,13 +130,17 @@ BEFORE_CALIBRATION = (
     "named after the protocol most of its groups ran. Train time / run: on the CPU unless a "
     "GPU is named after it.\n\n"
     "## split_mnist · class-incremental (single head) · p\n\n"
-    "| # | Method | Protocol | n | ACC (%) | BWT (%) | Forgetting (%) | FWT (%) | Train time / "
-    "run |\n|---:|---|---|---:|---:|---:|---:|---:|---:|\n"
-    "| 1 | vcl | p | 1 | 50.00 ± – | -1.00 ± – | 2.00 ± – | n/a | 30.0 ± – s |\n\n"
+    "| # | Method | Scenario | Protocol | n | ACC (%) | BWT (%) | Forgetting (%) "
+    "| FWT (%) | Train time / "
+    "run |\n|---:|---|---|---|---:|---:|---:|---:|---:|---:|\n"
+    "| 1 | vcl | class-IL, single head | p | 1 | 50.00 ± – | -1.00 ± – | 2.00 ± – | n/a "
+    "| 30.0 ± – s |\n\n"
     "## split_mnist · task-incremental (multi-head) · p\n\n"
-    "| # | Method | Protocol | n | ACC (%) | BWT (%) | Forgetting (%) | FWT (%) | Train time / "
-    "run |\n|---:|---|---|---:|---:|---:|---:|---:|---:|\n"
-    "| 1 | vcl | p | 3 | 94.00 ± 4.00 | -2.00 ± 1.00 | 3.00 ± 2.65 | n/a | 40.0 ± 10.0 s |\n\n"
+    "| # | Method | Scenario | Protocol | n | ACC (%) | BWT (%) | Forgetting (%) "
+    "| FWT (%) | Train time / "
+    "run |\n|---:|---|---|---|---:|---:|---:|---:|---:|---:|\n"
+    "| 1 | vcl | task-IL, multi-head | p | 3 | 94.00 ± 4.00 | -2.00 ± 1.00 | 3.00 ± 2.65 | n/a "
+    "| 40.0 ± 10.0 s |\n\n"
     "## Runs not averaged\n\nNone.\n\n"
     f"Generated from 4 run records by `{COMMAND}`.\n"
 )
@@ -148,9 +159,11 @@ def test_calibration_columns_bring_their_sentence_into_the_legend(tmp_path):
     assert "| ECE (%) | NLL |" in markdown
     # Older records beside calibrated ones in one table: n/a in the calibration columns.
     assert rows_of(markdown) == [
-        "| 1 | vcl | p | 3 | 94.00 ± 4.00 | -2.00 ± 1.00 | 3.00 ± 2.65 | n/a | n/a | n/a |"
+        "| 1 | vcl | task-IL, multi-head | p | 3 | 94.00 ± 4.00 | -2.00 ± 1.00 "
+        "| 3.00 ± 2.65 | n/a | n/a | n/a |"
         " 40.0 ± 10.0 s |",
-        "| 2 | vcl | cal | 2 | 90.00 ± 0.00 | -1.00 ± 0.00 | 2.00 ± 0.00 | n/a | 15.00 ± 7.07 |"
+        "| 2 | vcl | task-IL, multi-head | cal | 2 | 90.00 ± 0.00 | -1.00 ± 0.00 "
+        "| 2.00 ± 0.00 | n/a | 15.00 ± 7.07 |"
         " 0.250 ± 0.000 | 30.0 ± 0.0 s |",
     ]
 
@@ -161,10 +174,10 @@ def test_calibrated_groups_get_their_ece_and_entropy_after_each_task(tmp_path):
     # ECE (2 + 4) / 2 = 3 % and (10 + 20) / 2 = 15 %; entropy 0.2 and 0.4 nats. The group
     # recorded before calibration was measured has no row; no group has a mutual information.
     assert table.splitlines() == [
-        "| Method | Protocol | n | ECE (%) after each task "
+        "| Method | Scenario | Protocol | n | ECE (%) after each task "
         "| Mean predictive entropy (nats) after each task |",
-        "|---|---|---:|---|---|",
-        "| vcl | cal | 2 | 3.00 · 15.00 | 0.200 · 0.400 |",
+        "|---|---|---|---:|---|---|",
+        "| vcl | task-IL, multi-head | cal | 2 | 3.00 · 15.00 | 0.200 · 0.400 |",
     ]
 
 
@@ -172,7 +185,9 @@ def test_a_group_partly_recorded_before_calibration_averages_the_runs_that_measu
     old = make_record("cal-seed2", seed=2, protocol="cal")
     markdown, _ = generate(tmp_path, *calibrated_seeds(), old)
     row = markdown.split(CURVES_LEGEND)[1].split("## Runs not averaged")[0].strip().splitlines()[2]
-    assert row == "| vcl | cal | 3 | 3.00 · 15.00 (n=2) | 0.200 · 0.400 (n=2) |"
+    assert row == (
+        "| vcl | task-IL, multi-head | cal | 3 | 3.00 · 15.00 (n=2) | 0.200 · 0.400 (n=2) |"
+    )
 
 
 def test_no_table_after_each_task_without_calibrated_runs(tmp_path):
@@ -212,12 +227,12 @@ def test_two_benchmarks_of_one_task_and_scenario_give_two_tables_each_ranked_alo
         "## split_mnist · task-incremental (multi-head) · three_scenarios_split_mnist",
         "## split_mnist · task-incremental (multi-head) · vcl_split_mnist",
     ]
-    ranked = [row.split(" | ")[:4] for row in rows_of(markdown)]
+    ranked = [row.split(" | ")[:5] for row in rows_of(markdown)]
     assert ranked == [
-        ["| 1", "ewc", "three_scenarios_split_mnist", "1"],
-        ["| 2", "finetune", "three_scenarios_split_mnist", "1"],
-        ["| 1", "vcl", "vcl_split_mnist", "3"],
-        ["| 2", "finetune", "vcl_split_mnist", "1"],
+        ["| 1", "ewc", "task-IL, multi-head", "three_scenarios_split_mnist", "1"],
+        ["| 2", "finetune", "task-IL, multi-head", "three_scenarios_split_mnist", "1"],
+        ["| 1", "vcl", "task-IL, multi-head", "vcl_split_mnist", "3"],
+        ["| 2", "finetune", "task-IL, multi-head", "vcl_split_mnist", "1"],
     ]
     assert html_text.count("<h2>split_mnist · task-incremental (multi-head) · ") == 2
 
@@ -270,7 +285,7 @@ def test_train_time_names_the_gpu_its_runs_trained_on(tmp_path):
     some_on_gpu[1] = on_gpu(some_on_gpu[1], device="cuda:1")
     on_cpu = [{**r, "device": "cpu", "device_name": "Intel Xeon (2 cores)"} for r in three_seeds()]
     markdown, _ = generate(tmp_path, *all_on_gpu, *some_on_gpu, *on_cpu)
-    times = {row.split(" | ")[2]: row.split(" | ")[-1] for row in rows_of(markdown)}
+    times = {row.split(" | ")[3]: row.split(" | ")[-1] for row in rows_of(markdown)}
     assert times == {
         "g": "40.0 ± 10.0 s (NVIDIA H200) |",
         "m": "40.0 ± 10.0 s (1 of 3 on NVIDIA H200) |",

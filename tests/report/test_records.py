@@ -22,4 +22,6 @@ def test_a_corrupt_or_foreign_json_file_is_skipped_with_a_warning(tmp_path, capl
     assert any("other.json" in w and "no task, scenario" in w for w in warnings)
     assert "read 3 run records" in caplog.text and "skipped 3" in caplog.text
     markdown = (tmp_path / "out" / "leaderboard.md").read_text(encoding="utf-8")
-    assert rows_of(markdown)[0].startswith("| 1 | vcl | p | 3 | 94.00 ± 4.00 |")
+    assert rows_of(markdown)[0].startswith(
+        "| 1 | vcl | task-IL, multi-head | p | 3 | 94.00 ± 4.00 |"
+    )

@@ -27,11 +27,14 @@ def test_settings_that_differ_under_one_protocol_give_labelled_rows(tmp_path):
     long_label = f"p (config {long_fp}: method.beta=50)"
     short_label = f"p (config {short_fp}: method.beta=1)"
     assert rows_of(markdown) == [
-        f"| 1 | vcl | {long_label} | 3 | 95.00 ± 0.00 | -1.00 ± 0.00 | 2.00 ± 0.00 "
+        f"| 1 | vcl | task-IL, multi-head | {long_label} | 3 | 95.00 ± 0.00 "
+        f"| -1.00 ± 0.00 | 2.00 ± 0.00 "
         "| n/a | 30.0 ± 0.0 s |",
-        f"| 2 | vcl | {short_label} | 2 | 80.50 ± 0.71 | -1.00 ± 0.00 | 2.00 ± 0.00 "
+        f"| 2 | vcl | task-IL, multi-head | {short_label} | 2 | 80.50 ± 0.71 "
+        f"| -1.00 ± 0.00 | 2.00 ± 0.00 "
         "| n/a | 30.0 ± 0.0 s |",
-        "| 3 | vcl | q | 1 | 50.00 ± – | -1.00 ± – | 2.00 ± – | n/a | 30.0 ± – s |",
+        "| 3 | vcl | task-IL, multi-head | q | 1 | 50.00 ± – | -1.00 ± – | 2.00 ± – | n/a "
+        "| 30.0 ± – s |",
     ]
     assert "task, scenario, method, protocol and configuration" in markdown
     assert html.escape(short_label) in html_text
@@ -56,7 +59,7 @@ def test_a_row_names_an_added_option_at_the_value_an_older_record_ran_with(tmp_p
     markdown, _ = generate(tmp_path, older, weights)
     older_fp = config_fingerprint(older["config"])
     weights_fp = config_fingerprint(weights["config"])
-    assert sorted(row.split(" | ")[2] for row in rows_of(markdown)) == sorted(
+    assert sorted(row.split(" | ")[3] for row in rows_of(markdown)) == sorted(
         [
             f"p (config {older_fp}: model.sampling=local)",
             f"p (config {weights_fp}: model.sampling=weights)",
@@ -107,4 +110,4 @@ def test_same_settings_with_different_seeds_and_machines_form_one_row(tmp_path):
     configs = [r["config"] for r in three_seeds()]
     assert configs[0] != configs[1]  # seed, data, device and progress differ
     (row,) = rows_of(markdown)
-    assert row.startswith("| 1 | vcl | p | 3 | 94.00 ± 4.00 |")
+    assert row.startswith("| 1 | vcl | task-IL, multi-head | p | 3 | 94.00 ± 4.00 |")
