@@ -47,9 +47,8 @@ def test_by_default_every_task_trains_with_a_fresh_optimiser(tmp_path, monkeypat
 @pytest.mark.parametrize("scenario", ["task", "class"])
 def test_a_kept_optimiser_carries_its_state_through_every_task(tmp_path, monkeypatch, scenario):
     built = _built_optimizers(monkeypatch)
-    kept = run_method(
-        tmp_path, "finetune", "task.n_tasks=3", f"scenario={scenario}", "train.reset_optimizer=false"
-    )
+    overrides = ["task.n_tasks=3", f"scenario={scenario}", "train.reset_optimizer=false"]
+    kept = run_method(tmp_path, "finetune", *overrides)
     assert len(built) == 1
     # The shared body took every step of the three tasks; a task-IL head took its own task's.
     body = [built[0].state[p]["step"] for p in built[0].param_groups[0]["params"][:2]]
