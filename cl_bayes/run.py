@@ -109,14 +109,19 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     method: Method = instantiate(cfg.method)
     method_name = type(method).__module__.rsplit(".", 1)[-1]
     cuda_graph = use_cuda_graphs(cfg.train.get("cuda_graphs", "auto"), device, method)
+    method.cuda_graph = cuda_graph  # the method's own phases build their own optimisers
     reset_optimizer = cfg.train.get("reset_optimizer", True)
+    if not reset_optimizer and method.restarts_model:
+        raise ConfigError(
+            f"train.reset_optimizer=false cannot train {method_name}: it re-initialises the "
+            f"network at every task, which one optimiser's state carried across tasks would "
+            f"not match. Use train.reset_optimizer=true."
+        )
     if cuda_graph and not reset_optimizer:
         log.info(
             "train.cuda_graphs: the optimiser is kept across tasks (train.reset_optimizer="
-            "false), so training runs eagerly."
+            "false), so the tasks' training steps run eagerly."
         )
-        cuda_graph = False
-    method.cuda_graph = cuda_graph
     # One optimiser for the whole run, or None: a fresh one for every task (train_task).
     kept_optimizer = (
         None

@@ -10,6 +10,7 @@ import torch
 
 from cl_bayes import checkpoint
 from cl_bayes import run as run_module
+from cl_bayes.errors import ConfigError
 from cl_bayes.run import run
 from tests.conftest import compose_config
 from tests.methods.runs import SYNTHETIC, run_method, run_stopped_after_task_1
@@ -50,12 +51,35 @@ def test_a_kept_optimiser_carries_its_state_through_every_task(tmp_path, monkeyp
     overrides = ["task.n_tasks=3", f"scenario={scenario}", "train.reset_optimizer=false"]
     kept = run_method(tmp_path, "finetune", *overrides)
     assert len(built) == 1
-    # The shared body took every step of the three tasks; a task-IL head took its own task's.
-    body = [built[0].state[p]["step"] for p in built[0].param_groups[0]["params"][:2]]
-    assert [int(step) for step in body] == [3 * STEPS_PER_TASK] * 2
+    # The shared body took every step of the three tasks; a task-IL head took its own task's
+    # (fine-tuning leaves the other heads' gradients unset), the class-IL head all of them.
+    model = checkpoint.load(Path(kept["record_path"]).parent / checkpoint.CHECKPOINT_NAME)
+    steps = dict(zip(model["model"], built[0].param_groups[0]["params"], strict=True))
+    counts = {name: int(built[0].state[p]["step"]) for name, p in steps.items()}
+    heads = {name: n for name, n in counts.items() if name.startswith("heads.")}
+    assert {n for name, n in counts.items() if name not in heads} == {3 * STEPS_PER_TASK}
+    if scenario == "task":
+        assert heads == {
+            f"heads.{t}.{w}": STEPS_PER_TASK for t in range(3) for w in ("weight", "bias")
+        }
+    else:
+        assert set(heads.values()) == {3 * STEPS_PER_TASK}
     assert kept["config"]["train"]["reset_optimizer"] is False
     fresh = run_method(tmp_path / "fresh", "finetune", "task.n_tasks=3", f"scenario={scenario}")
-    assert kept["accuracy_matrix"] != fresh["accuracy_matrix"]
+    matrices = [
+        json.loads(Path(r["record_path"]).read_text())["accuracy_matrix"] for r in (kept, fresh)
+    ]
+    assert matrices[0] != matrices[1]
+
+
+@pytest.mark.parametrize("method", ["joint", "vcl"])
+def test_a_method_that_restarts_its_network_refuses_a_kept_optimiser(tmp_path, method):
+    overrides = ["train.reset_optimizer=false"]
+    if method == "vcl":
+        overrides.append("method.start_from=fresh")
+    with pytest.raises(ConfigError, match=r"^train\.reset_optimizer=false cannot train "):
+        run_method(tmp_path, method, *overrides)
+    assert not (tmp_path / method / "run").exists()
 
 
 def test_a_run_with_a_kept_optimiser_resumes_exactly_as_the_uninterrupted_run(

@@ -89,10 +89,15 @@ class Method:
         Whether this run replays the training steps from CUDA graphs (set by the run from
         ``train.cuda_graphs``, the device and :attr:`capturable_step`); a method's own
         training phases follow it.
+    restarts_model
+        Whether :meth:`before_task` re-initialises trained parameters (joint training; VCL
+        with ``start_from=fresh``): such a method cannot share one optimiser's state across
+        tasks (``train.reset_optimizer=false``).
     """
 
     capturable_step: bool = False
     cuda_graph: bool = False
+    restarts_model: bool = False
 
     def training_data(self, task_id: int, seen: Sequence[LabelledData]) -> LabelledData:
         """The data to train on for task ``task_id``.

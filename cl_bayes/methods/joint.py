@@ -24,6 +24,7 @@ class Joint(Method):
     # The default step, on the union of the tasks. Where their examples have several heads
     # (task-incremental) the network routes them on the host: the loop trains those eagerly.
     capturable_step = True
+    restarts_model = True
 
     def training_data(self, task_id: int, seen: Sequence[LabelledData]) -> LabelledData:
         """All training examples of tasks ``0 .. task_id``, each with its own head."""

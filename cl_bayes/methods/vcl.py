@@ -105,6 +105,7 @@ class VCL(Method):
         self.train_samples, self.predict_samples = train_samples, predict_samples
         self.coreset_size, self.coreset_method = coreset_size, coreset_method
         self.ml_init, self.start_from, self.progress = ml_init, start_from, progress
+        self.restarts_model = start_from == "fresh"
         self.steps = steps
         self.coreset_index: dict[int, Tensor] = {}
         self.seen_heads: list[int] = []

@@ -62,7 +62,8 @@ def benchmark_fingerprint(config: Any) -> str:
     Runs of one benchmark share the whole task sequence node (``task``: data, split, number
     of tasks, training size, validation fraction), the network's size (``model``
     :data:`NETWORK_SETTINGS`), the training schedule (``train`` :data:`SCHEDULE_SETTINGS`)
-    and the optimiser (``optimizer._target_`` and ``lr``). Method settings, and the kind of
+    and the optimiser (``optimizer._target_`` and ``lr``, and ``train.reset_optimizer`` where
+    it is false: one optimiser kept across tasks). Method settings, and the kind of
     network (VCL's Bayesian MLP, MC dropout's or the deterministic MLP of one size), never
     tell benchmarks apart, so that the leaderboard ranks them in one table; different
     schedules or networks make different tables. ``none`` for a record without a ``config``.
@@ -82,6 +83,8 @@ def benchmark_fingerprint(config: Any) -> str:
         "train": {k: train.get(k) for k in SCHEDULE_SETTINGS},
         "optimizer": {k: optimizer.get(k) for k in ("_target_", "lr")},
     }
+    if train.get("reset_optimizer") is False:  # one optimiser kept across tasks: named only
+        settings["train"]["reset_optimizer"] = False  # then, so earlier benchmarks keep theirs
     text = json.dumps(settings, sort_keys=True)
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:6]
 

@@ -94,6 +94,7 @@ def test_a_benchmark_is_the_task_network_size_schedule_and_optimiser_not_the_met
     same["model"]["dropout"] = 0.5
     same["method"] = {"_target_": "cl_bayes.methods.mc_dropout.MCDropout", "samples": 10}
     same["protocol"], same["train"]["steps"] = "other_name", None
+    same["train"]["reset_optimizer"] = True  # the default, which earlier records lack
     assert benchmark_fingerprint(same) == expected
     changes = {
         "hidden sizes": ("model", "hidden_sizes", [400, 400]),
@@ -105,6 +106,7 @@ def test_a_benchmark_is_the_task_network_size_schedule_and_optimiser_not_the_met
         "learning rate": ("optimizer", "lr", 0.01),
         "validation fraction": ("task", "val_fraction", 0.1),
         "number of tasks": ("task", "n_tasks", 5),
+        "optimiser kept across tasks": ("train", "reset_optimizer", False),
     }
     for change, (section, name, value) in changes.items():
         other = copy.deepcopy(vcl)
