@@ -110,24 +110,7 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     method_name = type(method).__module__.rsplit(".", 1)[-1]
     cuda_graph = use_cuda_graphs(cfg.train.get("cuda_graphs", "auto"), device, method)
     method.cuda_graph = cuda_graph  # the method's own phases build their own optimisers
-    reset_optimizer = cfg.train.get("reset_optimizer", True)
-    if not reset_optimizer and method.restarts_model:
-        raise ConfigError(
-            f"train.reset_optimizer=false cannot train {method_name}: it re-initialises the "
-            f"network at every task, which one optimiser's state carried across tasks would "
-            f"not match. Use train.reset_optimizer=true."
-        )
-    if cuda_graph and not reset_optimizer:
-        log.info(
-            "train.cuda_graphs: the optimiser is kept across tasks (train.reset_optimizer="
-            "false), so the tasks' training steps run eagerly."
-        )
-    # One optimiser for the whole run, or None: a fresh one for every task (train_task).
-    kept_optimizer = (
-        None
-        if reset_optimizer
-        else build_optimizer(instantiate(cfg.optimizer), model.parameters(), captured=False)
-    )
+    kept_optimizer = _kept_optimizer(cfg, method, method_name, model, cuda_graph)
     logger: Logger = instantiate(cfg.logger)
 
     if state is None:
@@ -261,6 +244,31 @@ def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         logger.finish(record)
     log.info(format_report(record))
     return record
+
+
+def _kept_optimizer(
+    cfg: DictConfig, method: Method, method_name: str, model: torch.nn.Module, cuda_graph: bool
+) -> torch.optim.Optimizer | None:
+    """The optimiser every task trains with (``train.reset_optimizer=false``), else ``None``.
+
+    ``None``: :func:`train_task` builds a fresh one for each task. A kept optimiser is never
+    captured in a CUDA graph; a method that re-initialises the network at every task
+    (:attr:`Method.restarts_model`) refuses it.
+    """
+    if cfg.train.get("reset_optimizer", True):
+        return None
+    if method.restarts_model:
+        raise ConfigError(
+            f"train.reset_optimizer=false cannot train {method_name}: it re-initialises the "
+            f"network at every task, which one optimiser's state carried across tasks would "
+            f"not match. Use train.reset_optimizer=true."
+        )
+    if cuda_graph:
+        log.info(
+            "train.cuda_graphs: the optimiser is kept across tasks (train.reset_optimizer="
+            "false), so the tasks' training steps run eagerly."
+        )
+    return build_optimizer(instantiate(cfg.optimizer), model.parameters(), captured=False)
 
 
 def train_task(

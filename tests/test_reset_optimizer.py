@@ -103,6 +103,34 @@ def test_a_run_with_a_kept_optimiser_resumes_exactly_as_the_uninterrupted_run(
     assert resumed["status"] == "completed"
     records = [json.loads(Path(r["record_path"]).read_text()) for r in (whole, resumed)]
     assert records[0]["accuracy_matrix"] == records[1]["accuracy_matrix"]
+    # The same final network and optimiser state, bit for bit.
+    ends = [
+        checkpoint.load(d / checkpoint.CHECKPOINT_NAME)
+        for d in (tmp_path / "whole", tmp_path / "stopped")
+    ]
+    for name, weights in ends[0]["model"].items():
+        assert torch.equal(weights, ends[1]["model"][name]), name
+    for index, state in ends[0]["optimizer"]["state"].items():
+        for key, value in state.items():
+            assert torch.equal(value, ends[1]["optimizer"]["state"][index][key]), (index, key)
+
+
+def test_a_kept_optimiser_is_never_captured_in_a_cuda_graph(tmp_path, monkeypatch, caplog):
+    # As on a GPU with train.cuda_graphs=auto: the run would capture a capturable step.
+    monkeypatch.setattr(run_module, "use_cuda_graphs", lambda *args: True)
+    captured = []
+    real_fit = run_module.fit
+
+    def spy(*args, cuda_graph=False, **kwargs):
+        captured.append(cuda_graph)
+        return real_fit(*args, cuda_graph=cuda_graph, **kwargs)
+
+    monkeypatch.setattr(run_module, "fit", spy)
+    with caplog.at_level("INFO", logger="cl_bayes.run"):
+        record = run_method(tmp_path, "finetune", "train.reset_optimizer=false")
+    assert record["status"] == "completed"
+    assert captured == [False, False]  # one call per task, both eager
+    assert "the tasks' training steps run eagerly" in caplog.text
 
 
 def test_a_fresh_optimiser_checkpoint_holds_no_optimiser_state(tmp_path):
