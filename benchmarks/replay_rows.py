@@ -1,0 +1,147 @@
+"""What a replay step's rows cost: DER++'s step beside plain steps on 128 and on 384 rows.
+
+DER++ trains each step on the current batch and on two memory batches, 3 x 128 rows where
+finetune trains on 128. This script separates what those rows cost from what DER++ adds to
+them (drawing and gathering the memory batches, routing rows to their heads, the logit
+term, storing the batch), on the network and data of ``method_epochs.py``: a 784-256-256 MLP
+with a 2-unit head per task, Split-MNIST task 2 after one epoch of DER++ on task 1 (its
+memory full), batch 128, Adam lr 1e-3, subnormal floats flushed as in a run. Three steps take
+turns, ``--steps`` of each per turn:
+
+- ``finetune``: forward, cross-entropy, backward and Adam on 128 rows of task 2;
+- ``384 rows``: the same on three such batches joined (all on task 2's head): the arithmetic
+  any step over three 128-row batches does, with none of a replay method's bookkeeping;
+- ``DER++``: ``DER.train_step`` with ``conf/method/der.yaml``'s settings.
+
+Each has its own copy of the network and its own Adam. The table gives the median over
+``--repeats`` turns (after one warm-up turn) of each step's time and its ratio to the
+finetune step of the same turn. ``384 rows`` against ``finetune`` is the lowest ratio DER++
+can reach on the machine without changing its batches; ``method_epochs.py``'s target for
+DER++'s epoch is 2.2x.
+
+    CL_BAYES_DATA=<data root> python benchmarks/replay_rows.py [--steps 50] [--repeats 7]
+        [--threads 1] [--clock cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import shlex
+import statistics
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from cl_bayes.allocator import keep_freed_memory
+from cl_bayes.config import instantiate, register_task_sequences
+from cl_bayes.data import LabelledData
+from cl_bayes.errors import exit_on_user_error
+from cl_bayes.methods.base import logits
+from cl_bayes.run import set_flush_denormal, train_task
+from cl_bayes.scenario import Scenario
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from method_epochs import CLOCKS, compose_method, machine  # noqa: E402
+
+BATCH = 128
+
+
+def plain_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: LabelledData):
+    """Forward, cross-entropy, backward and Adam: finetune's step."""
+    loss = F.cross_entropy(logits(model, batch), batch.y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=50, help="steps of each kind per turn")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    keep_freed_memory()
+    register_task_sequences()
+    root = os.environ.get("CL_BAYES_DATA", str(Path(__file__).resolve().parents[1] / "data"))
+    clock: Callable[[], float] = CLOCKS[args.clock]
+
+    cfg = compose_method("der", "cpu")
+    set_flush_denormal(cfg.flush_denormal)
+    device = torch.device("cpu")
+    sequence = instantiate(cfg.task, root=root, download=True, device=device, seed=0)
+    scenario = Scenario.parse("task")
+    train_sets = [scenario.labelled(sequence, t, "train") for t in range(2)]
+    torch.manual_seed(0)
+    head_sizes = scenario.head_sizes(sequence)
+    model = instantiate(cfg.model, input_shape=[1, 28, 28], head_sizes=head_sizes)
+    der = instantiate(cfg.method)
+    for t in range(2):  # task 1 trained (one epoch), then the method set up for task 2
+        data = der.training_data(t, train_sets)
+        der.before_task(model, t, data)
+        if t == 0:
+            train_task(cfg, der, model, data, t, 2)
+            der.after_task(model, t, data)
+
+    def batches() -> list[LabelledData]:
+        rows = args.steps * 3 * BATCH  # more than one epoch: permutations one after another
+        order = torch.cat([torch.randperm(len(data)) for _ in range(rows // len(data) + 1)])
+        order = order[:rows]
+        return [data.subset(rows) for rows in order.split(BATCH)]
+
+    def optimizer_for(network: torch.nn.Module) -> torch.optim.Optimizer:
+        return instantiate(cfg.optimizer)(network.parameters())
+
+    networks = {name: copy.deepcopy(model) for name in ("finetune", "384 rows", "DER++")}
+    optimizers = {name: optimizer_for(network) for name, network in networks.items()}
+
+    def run_finetune(parts: list[LabelledData]) -> None:
+        for batch in parts[: args.steps]:
+            plain_step(networks["finetune"], optimizers["finetune"], batch)
+
+    def run_joined(parts: list[LabelledData]) -> None:
+        for i in range(args.steps):
+            joined = LabelledData.concat(parts[3 * i : 3 * i + 3])
+            plain_step(networks["384 rows"], optimizers["384 rows"], joined)
+
+    def run_der(parts: list[LabelledData]) -> None:
+        for batch in parts[: args.steps]:
+            der.train_step(networks["DER++"], batch, optimizers["DER++"])
+
+    steps = {"finetune": run_finetune, "384 rows": run_joined, "DER++": run_der}
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for turn in range(args.repeats + 1):
+        print(f"turn {turn + 1}/{args.repeats + 1}", end="\r", file=sys.stderr, flush=True)
+        parts = batches()
+        for name, run in steps.items():
+            started = clock()
+            run(parts)
+            if turn:  # the first turn warms up
+                times[name].append((clock() - started) / args.steps)
+
+    command = shlex.join([Path(sys.executable).name, *sys.argv])
+    print(f"command : CL_BAYES_DATA={root} {command}")
+    print(f"machine : {machine(device)}")
+    print(
+        f"Split-MNIST task 2 after one epoch of DER++ on task 1 (memory of {der.memory_size}, "
+        f"{len(der.memory)} held), 784-256-256 MLP, batch {BATCH}, Adam lr 1e-3; median of "
+        f"{args.repeats} turns of {args.steps} steps each; {args.clock} clock"
+    )
+    print(f"{'step':10} {'ms':>7} {'x finetune':>11} {'(min-max)':>13}")
+    for name, spent in times.items():
+        ratios = [s / f for s, f in zip(spent, times["finetune"], strict=True)]
+        print(
+            f"{name:10} {1e3 * statistics.median(spent):7.2f} {statistics.median(ratios):10.2f}x "
+            f"({min(ratios):.2f}-{max(ratios):.2f})"
+        )
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)
