@@ -269,6 +269,16 @@ def table(methods: list[Measured], skipped: dict[str, str], device: torch.device
     return "\n".join(lines)
 
 
+def prepare_process(threads: int | None) -> str:
+    """Set torch's CPU threads (``None``: torch's own), the allocator and the task registry as
+    a run sets them; return the data root (``CL_BAYES_DATA``, else ``data/`` in the repository)."""
+    if threads:
+        torch.set_num_threads(threads)
+    keep_freed_memory()
+    register_task_sequences()
+    return os.environ.get("CL_BAYES_DATA", str(Path(__file__).resolve().parents[1] / "data"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -295,11 +305,7 @@ def main() -> None:
         "CPU host do not inflate (CPU devices only)",
     )
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    keep_freed_memory()
-    register_task_sequences()
-    root = os.environ.get("CL_BAYES_DATA", str(Path(__file__).resolve().parents[1] / "data"))
+    root = prepare_process(args.threads)
 
     names = method_names()
     if args.methods:

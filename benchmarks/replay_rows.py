@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import shlex
 import statistics
 import sys
@@ -37,8 +36,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from cl_bayes.allocator import keep_freed_memory
-from cl_bayes.config import instantiate, register_task_sequences
+from cl_bayes.config import instantiate
 from cl_bayes.data import LabelledData
 from cl_bayes.errors import exit_on_user_error
 from cl_bayes.methods.base import logits
@@ -46,7 +44,7 @@ from cl_bayes.run import set_flush_denormal, train_task
 from cl_bayes.scenario import Scenario
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from method_epochs import CLOCKS, compose_method, machine  # noqa: E402
+from method_epochs import CLOCKS, compose_method, machine, prepare_process  # noqa: E402
 
 BATCH = 128
 
@@ -66,11 +64,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    keep_freed_memory()
-    register_task_sequences()
-    root = os.environ.get("CL_BAYES_DATA", str(Path(__file__).resolve().parents[1] / "data"))
+    root = prepare_process(args.threads)
     clock: Callable[[], float] = CLOCKS[args.clock]
 
     cfg = compose_method("der", "cpu")
