@@ -13,7 +13,8 @@ turns, ``--steps`` of each per turn:
   any step over three 128-row batches does, with none of a replay method's bookkeeping;
 - ``DER++``: ``DER.train_step`` with ``conf/method/der.yaml``'s settings.
 
-Each has its own copy of the network and its own Adam. The table gives the median over
+Each has its own copy of the network and its own Adam; every turn's batches (and the joined
+384-row ones) are built before the timing starts. CPU only. The table gives the median over
 ``--repeats`` turns (after one warm-up turn) of each step's time and its ratio to the
 finetune step of the same turn. ``384 rows`` against ``finetune`` is the lowest ratio DER++
 can reach on the machine without changing its batches; ``method_epochs.py``'s target for
@@ -84,11 +85,13 @@ def main() -> None:
             train_task(cfg, der, model, data, t, 2)
             der.after_task(model, t, data)
 
-    def batches() -> list[LabelledData]:
-        rows = args.steps * 3 * BATCH  # more than one epoch: permutations one after another
-        order = torch.cat([torch.randperm(len(data)) for _ in range(rows // len(data) + 1)])
-        order = order[:rows]
-        return [data.subset(rows) for rows in order.split(BATCH)]
+    def batches() -> tuple[list[LabelledData], list[LabelledData]]:
+        """A turn's batches of 128, and of 384 (three of them joined), built before timing."""
+        n_rows = args.steps * 3 * BATCH  # more than one epoch: permutations one after another
+        order = torch.cat([torch.randperm(len(data)) for _ in range(n_rows // len(data) + 1)])
+        single = [data.subset(rows) for rows in order[:n_rows].split(BATCH)]
+        joined = [LabelledData.concat(single[i : i + 3]) for i in range(0, len(single), 3)]
+        return single[: args.steps], joined
 
     def optimizer_for(network: torch.nn.Module) -> torch.optim.Optimizer:
         return instantiate(cfg.optimizer)(network.parameters())
@@ -96,27 +99,26 @@ def main() -> None:
     networks = {name: copy.deepcopy(model) for name in ("finetune", "384 rows", "DER++")}
     optimizers = {name: optimizer_for(network) for name, network in networks.items()}
 
-    def run_finetune(parts: list[LabelledData]) -> None:
-        for batch in parts[: args.steps]:
+    def run_finetune(single: list[LabelledData], joined: list[LabelledData]) -> None:
+        for batch in single:
             plain_step(networks["finetune"], optimizers["finetune"], batch)
 
-    def run_joined(parts: list[LabelledData]) -> None:
-        for i in range(args.steps):
-            joined = LabelledData.concat(parts[3 * i : 3 * i + 3])
-            plain_step(networks["384 rows"], optimizers["384 rows"], joined)
+    def run_joined(single: list[LabelledData], joined: list[LabelledData]) -> None:
+        for batch in joined:
+            plain_step(networks["384 rows"], optimizers["384 rows"], batch)
 
-    def run_der(parts: list[LabelledData]) -> None:
-        for batch in parts[: args.steps]:
+    def run_der(single: list[LabelledData], joined: list[LabelledData]) -> None:
+        for batch in single:
             der.train_step(networks["DER++"], batch, optimizers["DER++"])
 
     steps = {"finetune": run_finetune, "384 rows": run_joined, "DER++": run_der}
     times: dict[str, list[float]] = {name: [] for name in steps}
     for turn in range(args.repeats + 1):
         print(f"turn {turn + 1}/{args.repeats + 1}", end="\r", file=sys.stderr, flush=True)
-        parts = batches()
+        single, joined = batches()
         for name, run in steps.items():
             started = clock()
-            run(parts)
+            run(single, joined)
             if turn:  # the first turn warms up
                 times[name].append((clock() - started) / args.steps)
 

@@ -110,9 +110,11 @@ def test_a_run_with_a_kept_optimiser_resumes_exactly_as_the_uninterrupted_run(
     ]
     for name, weights in ends[0]["model"].items():
         assert torch.equal(weights, ends[1]["model"][name]), name
-    for index, state in ends[0]["optimizer"]["state"].items():
+    states = [end["optimizer"]["state"] for end in ends]
+    assert states[0] and states[0].keys() == states[1].keys()
+    for index, state in states[0].items():
         for key, value in state.items():
-            assert torch.equal(value, ends[1]["optimizer"]["state"][index][key]), (index, key)
+            assert torch.equal(value, states[1][index][key]), (index, key)
 
 
 def test_a_kept_optimiser_is_never_captured_in_a_cuda_graph(tmp_path, monkeypatch, caplog):
