@@ -9,15 +9,16 @@ and prints, per run, the run's own log as it goes (a line after every task), the
 wall time (starting Python, loading the data, training, evaluating and writing the record, as
 a user waits for it), the record's training and evaluation seconds, its ACC and the device it
 names. The records stay in ``<results>/runs``. Each run gets a Hydra run folder of its own
-(``<run-dirs>/<time>-<experiment>-seed<seed>-<process id>``, ``--run-dirs`` by default
-``outputs/end_to_end`` in the checkout), and its record is the
+(``<run-dirs>/<time>-<process id>-<n>-<experiment>-seed<seed>``, the n-th experiment named;
+``--run-dirs`` by default ``outputs/end_to_end`` in the checkout, a relative path from the
+current folder), and its record is the
 one there: several of these scripts may run at once into the same ``<results>``.
 Targets of the VCL paper's protocols on one H100/H200-class GPU: ``vcl_permuted_mnist`` in
 at most 3 minutes with ACC within the CPU seeds' spread (89.70 +- 0.93), ``vcl_split_mnist``
 in at most 20 s.
 
     python benchmarks/end_to_end.py vcl_split_mnist vcl_permuted_mnist --device cuda
-        [--seed 0] [--results results] [--run-dirs outputs/end_to_end]
+        [--seed 0] [--results results] [--run-dirs <folder>]
         [--overrides key=value ...]
 """
 
@@ -38,9 +39,9 @@ from cl_bayes.record import RECORD_NAME
 STARTED = time.strftime("%Y%m%d-%H%M%S")
 
 
-def run_dir(run_dirs: Path, experiment: str, seed: int) -> Path:
-    """The Hydra run folder of this process's run of ``experiment`` with ``seed``."""
-    return run_dirs / f"{STARTED}-{experiment}-seed{seed}-{os.getpid()}"
+def run_dir(run_dirs: Path, n: int, experiment: str, seed: int) -> Path:
+    """The Hydra run folder of this process's ``n``-th run, of ``experiment`` with ``seed``."""
+    return run_dirs / f"{STARTED}-{os.getpid()}-{n}-{experiment}-seed{seed}"
 
 
 def main() -> None:
@@ -52,15 +53,16 @@ def main() -> None:
     parser.add_argument(
         "--run-dirs",
         default=str(REPO_ROOT / "outputs" / "end_to_end"),
-        help="folder of the runs' Hydra run folders",
+        help="folder of the runs' Hydra run folders (default: outputs/end_to_end in the "
+        "checkout; a relative path is taken from the current folder)",
     )
     parser.add_argument("--overrides", nargs="*", default=[], help="overrides of every run")
     args = parser.parse_args()
 
     results = Path(args.results).resolve()
     rows = []
-    for experiment in args.experiments:
-        folder = run_dir(Path(args.run_dirs).resolve(), experiment, args.seed)
+    for n, experiment in enumerate(args.experiments):
+        folder = run_dir(Path(args.run_dirs).resolve(), n, experiment, args.seed)
         command = [
             sys.executable,
             "-m",

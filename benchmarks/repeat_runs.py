@@ -6,17 +6,19 @@ times in each mode of ``--modes`` (``graphs``: ``train.cuda_graphs=true``, CUDA 
 ``eager``: ``train.cuda_graphs=false``), each repetition a process of its own::
 
     python -m cl_bayes <overrides> device=<device> train.cuda_graphs=<true|false>
-        results_dir=<tmp> hydra.run.dir=<tmp>/<mode>-<repetition>
+        progress=false results_dir=<tmp> hydra.run.dir=<tmp>/<mode>-<repetition>
 
 and compares the tensors of the final checkpoints (the network's weights and the method's
 state: VCL's posterior, coreset-tuned copies, importances, ...): every repetition against the
 first of its mode, and the first of each mode against the first of the other. It prints, per
-pair, the largest absolute difference, how many of the values differ, and the two ACCs.
+pair, the largest absolute difference (``nan`` where a value is NaN in one run only), how many
+of the values differ (integer state, e.g. step counts, included), and the two ACCs.
 
 ``--beside N`` starts N other jobs on the same device first (``python -m cl_bayes
 +experiment=<--beside-experiment> device=<device> seed=<i> progress=false``, into a temporary
 folder), waits ``--beside-wait`` seconds for them to be training, and stops them after the
-last repetition; a job that ends earlier is reported. On a GPU, this tells whether jobs sharing
+last repetition (or a failed one); a job that ends earlier is reported with the end of its
+log. On a GPU, this tells whether jobs sharing
 it change a run's numbers, and in which mode.
 
     python benchmarks/repeat_runs.py [--device cuda] [--modes graphs,eager] [--repeats 2]
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import subprocess
 import sys
@@ -80,7 +83,11 @@ def final_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[float, int, int]:
-    """Largest absolute difference, values that differ, values compared (floating tensors)."""
+    """Largest absolute difference, values that differ, values compared.
+
+    Two NaNs at the same place are equal; a NaN against a number differs, and makes the largest
+    difference NaN. Integer and boolean tensors are compared as numbers too.
+    """
     if a.keys() != b.keys():
         raise SystemExit(f"the checkpoints hold different tensors: {sorted(a.keys() ^ b.keys())}")
     largest, differing, total = 0.0, 0, 0
@@ -88,15 +95,17 @@ def difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[
         y = b[key]
         if x.shape != y.shape:
             raise SystemExit(f"{key}: shapes {tuple(x.shape)} and {tuple(y.shape)} differ")
-        if not x.is_floating_point():
-            differing += int((x != y).sum())
-            total += x.numel()
-            continue
-        gap = (x.double() - y.double()).abs()
-        largest = max(largest, float(gap.max()) if gap.numel() else 0.0)
-        differing += int((gap > 0).sum())
+        x, y = x.double(), y.double()
+        differs = ~((x == y) | (x.isnan() & y.isnan()))
+        differing += int(differs.sum())
         total += x.numel()
+        if differs.any():
+            largest = max(largest, float((x - y)[differs].abs().max()), key=_nan_first)
     return largest, differing, total
+
+
+def _nan_first(value: float) -> float:
+    return math.inf if math.isnan(value) else value
 
 
 def run_once(overrides: list[str], device: str, mode: str, run_dir: Path, results: Path) -> dict:
@@ -135,8 +144,10 @@ def start_beside(n: int, experiment: str, device: str, folder: Path) -> list[sub
             f"hydra.run.dir={folder / f'beside-{seed}'}",
         ]
         print(f"beside: python {shlex.join(command[1:])}", flush=True)
-        log = open(folder / f"beside-{seed}.log", "w")
-        jobs.append(subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT))
+        with open(folder / f"beside-{seed}.log", "w") as log:  # the job keeps its own copy
+            jobs.append(
+                subprocess.Popen(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
+            )
     return jobs
 
 
@@ -154,8 +165,12 @@ def main() -> None:
     on_cuda = args.device.startswith("cuda")
     modes = (args.modes or ("graphs,eager" if on_cuda else "eager")).split(",")
     unknown = [m for m in modes if m not in MODES]
-    if unknown or args.repeats < 1 or args.beside < 0:
-        parser.error(f"--modes takes graphs and eager, --repeats >= 1, --beside >= 0 ({args})")
+    if unknown:
+        parser.error(f"--modes takes graphs and eager, comma-separated; got {unknown}")
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    if args.beside < 0:
+        parser.error(f"--beside must be at least 0, got {args.beside}")
     if "graphs" in modes and not on_cuda:
         parser.error("--modes graphs needs a CUDA device (--device cuda)")
     overrides = args.overrides or DEFAULT_RUN
@@ -180,14 +195,15 @@ def main() -> None:
                 job.terminate()
             for job in beside:
                 job.wait()
-        for i in ended:
-            tail = (folder / f"beside-{i}.log").read_text().splitlines()[-5:]
-            print(f"beside: job {i} had ended before the last repetition:", *tail, sep="\n  ")
+            for i in ended:
+                tail = (folder / f"beside-{i}.log").read_text().splitlines()[-5:]
+                print(f"beside: job {i} had ended before the last repetition:", *tail, sep="\n  ")
 
     pairs = [((m, r), (m, 0)) for m in modes for r in range(1, args.repeats)]
     pairs += [((modes[0], 0), (other, 0)) for other in modes[1:]]
     print(
-        f"\n{args.device}, {len(beside)} other job(s) on it; run: {shlex.join(overrides)}\n"
+        f"\n{args.device}, {len(beside)} other job(s) started on it, {len(ended)} of them ended "
+        f"early; run: {shlex.join(overrides)}\n"
         "| runs compared | largest abs difference | values differing | ACC (%) |\n|---|---|---|---|"
     )
     for a, b in pairs:

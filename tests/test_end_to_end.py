@@ -1,9 +1,11 @@
 """``benchmarks/end_to_end.py``: each run reports its own record, also beside another run."""
 
+import importlib.util
 import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 from cl_bayes.config import REPO_ROOT
 
@@ -37,3 +39,50 @@ def test_two_scripts_at_once_into_one_results_folder_each_report_their_own_recor
         assert json.loads(open(record["record_path"]).read()) == record
         assert "| vcl_split_mnist_fast | cpu " in output
     assert len(list((tmp_path / "results" / "runs").glob("*.json"))) == 2
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("end_to_end", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_record_reported_is_the_runs_own_whatever_else_appears_in_the_results(
+    tmp_path, monkeypatch, capsys
+):
+    end_to_end = _load_script()
+    folders = []
+
+    def fake_run(command, cwd):
+        # A stand-in for `python -m cl_bayes ...`: it writes its record into its run folder
+        # and into <results>/runs, where another run's record appears at the same time.
+        options = dict(arg.split("=", 1) for arg in command if "=" in arg)
+        folder, runs = Path(options["hydra.run.dir"]), Path(options["results_dir"]) / "runs"
+        folders.append(folder)
+        own = {
+            "run_id": f"own-{len(folders)}",
+            "device": "cpu",
+            "train_seconds": [1.0],
+            "eval_seconds": [0.5],
+            "summary": {"acc": 0.5 + len(folders) / 10},
+        }
+        for path in (folder / "record.json", runs / f"{own['run_id']}.json"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(own))
+        (runs / f"other-{len(folders)}.json").write_text(json.dumps({**own, "run_id": "other"}))
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(end_to_end.subprocess, "run", fake_run)
+    results = tmp_path / "results"
+    argv = ["end_to_end.py", "x", "x", "--results", str(results), "--run-dirs", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", argv)
+    end_to_end.main()
+    output = capsys.readouterr().out
+    # The same experiment named twice: two run folders, each run's own record reported.
+    assert len(set(folders)) == 2 and all(f.parent == tmp_path for f in folders)
+    assert re.findall(r"record (\S+)", output) == [
+        str(results / "runs" / "own-1.json"),
+        str(results / "runs" / "own-2.json"),
+    ]
+    assert "| x | cpu (?) | " in output and "| 60.00 |" in output and "| 70.00 |" in output

@@ -1,6 +1,7 @@
 """``benchmarks/repeat_runs.py``: repeated runs compared tensor by tensor, beside other jobs."""
 
 import importlib.util
+import math
 import re
 import subprocess
 import sys
@@ -21,25 +22,34 @@ def test_the_comparison_finds_every_differing_value_and_its_largest_gap():
     assert sorted(flat) == ["/method/0/mu", "/method/1", "/model/w"]
     b = {key: value.clone() for key, value in flat.items()}
     assert repeat_runs.difference(flat, b) == (0.0, 0, 13)
-    b["/model/w"][1, 2] = -0.25
+    b["/model/w"][1, 2] = -2.5
     b["/method/0/mu"][0] = 1 + 1e-6
-    b["/method/1"][2] = 7  # integer state counts as differing too
+    b["/method/1"][2] = 3  # integer state (2 -> 3) counts as differing too
     largest, differing, total = repeat_runs.difference(flat, b)
-    assert largest == 0.25 and differing == 3 and total == 13
+    assert largest == 2.5 and differing == 3 and total == 13
+    # NaN at the same place in both runs is no difference; NaN against a number is, and wins.
+    flat["/model/w"][0, 0] = b["/model/w"][0, 0] = math.nan
+    assert repeat_runs.difference(flat, b)[:2] == (2.5, 3)
+    b["/model/w"][0, 1] = math.nan
+    largest, differing, _ = repeat_runs.difference(flat, b)
+    assert math.isnan(largest) and differing == 4
+    assert math.isnan(repeat_runs.difference(b, flat)[0])  # whichever side holds it
 
 
-def test_eager_cpu_runs_repeat_exactly_beside_another_job():
-    # Two eager repetitions of the default (VCL, random draws every step) while a Split-MNIST
-    # run trains beside them: on a CPU, the same seed gives the same weights, bit for bit.
+def test_eager_cpu_runs_repeat_exactly_beside_another_job(data_root):
+    # Two eager repetitions of the default (VCL, random draws every step) while a
+    # Permuted-MNIST VCL run (hours long: it outlives them) trains beside them: on a CPU, the
+    # same seed gives the same weights, bit for bit.
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--device", "cpu", "--repeats", "2", "--beside", "1"]
-        + ["--beside-experiment", "vcl_split_mnist_fast", "--beside-wait", "1"],
+        + ["--beside-wait", "1"],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    assert "cpu, 1 other job(s) on it" in done.stdout
+    assert "cpu, 1 other job(s) started on it, 0 of them ended early" in done.stdout
+    assert "beside: python -m cl_bayes +experiment=vcl_permuted_mnist device=cpu" in done.stdout
     (row,) = re.findall(r"^\| eager #1 vs eager #0 \| (.*) \| (\d+) of (\d+) \|", done.stdout, re.M)
     assert row[0] == "0 (identical)" and row[1] == "0" and int(row[2]) > 1000
     assert "had ended" not in done.stdout  # the job beside ran throughout
