@@ -319,7 +319,10 @@ def main() -> None:
     device = resolve_device(base.device)
     set_flush_denormal(base.flush_denormal)  # as a run does (conf/config.yaml)
     if args.clock == "cpu" and device.type != "cpu":
-        parser.error("--clock cpu times the host's CPU: use --clock wall on a GPU")
+        parser.error(
+            f"--clock cpu times the host's CPU, but the device is {device} (--device "
+            f"{args.device}): add --device cpu to time the CPU, or use --clock wall on the GPU"
+        )
     sequence = instantiate(base.task, root=root, download=True, device=device, seed=0)
     scenario = Scenario.parse(args.scenario)
     train_sets = [scenario.labelled(sequence, t, "train") for t in range(sequence.n_tasks)]

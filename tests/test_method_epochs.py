@@ -1,0 +1,27 @@
+"""``benchmarks/method_epochs.py``: a CPU clock on a GPU device is refused with the fix."""
+
+import importlib.util
+import sys
+
+import pytest
+import torch
+
+from cl_bayes.config import REPO_ROOT
+
+SCRIPT = REPO_ROOT / "benchmarks" / "method_epochs.py"
+
+
+def test_cpu_clock_where_the_device_resolves_to_a_gpu_names_the_device_option(monkeypatch, capsys):
+    spec = importlib.util.spec_from_file_location("method_epochs", SCRIPT)
+    method_epochs = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "method_epochs", method_epochs)  # for its dataclasses
+    spec.loader.exec_module(method_epochs)
+    # As on a GPU machine, where --device auto (the default) resolves to the GPU.
+    monkeypatch.setattr(method_epochs, "resolve_device", lambda _: torch.device("cuda"))
+    monkeypatch.setattr(method_epochs, "set_flush_denormal", lambda _: None)
+    monkeypatch.setattr(sys, "argv", ["method_epochs.py", "--clock", "cpu"])
+    with pytest.raises(SystemExit) as stopped:
+        method_epochs.main()
+    assert stopped.value.code == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert "but the device is cuda (--device auto): add --device cpu to time the CPU" in last
