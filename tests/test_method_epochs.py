@@ -19,6 +19,9 @@ def test_cpu_clock_where_the_device_resolves_to_a_gpu_names_the_device_option(mo
     # As on a GPU machine, where --device auto (the default) resolves to the GPU.
     monkeypatch.setattr(method_epochs, "resolve_device", lambda _: torch.device("cuda"))
     monkeypatch.setattr(method_epochs, "set_flush_denormal", lambda _: None)
+    # Not the process settings a benchmark makes (threads, the allocator's trimming): they
+    # would last for the tests after this one.
+    monkeypatch.setattr(method_epochs, "keep_freed_memory", lambda: None)
     monkeypatch.setattr(sys, "argv", ["method_epochs.py", "--clock", "cpu"])
     with pytest.raises(SystemExit) as stopped:
         method_epochs.main()
