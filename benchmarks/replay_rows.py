@@ -37,15 +37,15 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+# Run as a script, its own folder is on the import path: method_epochs.py beside it.
+from method_epochs import CLOCKS, compose_method, machine, prepare_process
+
 from cl_bayes.config import instantiate
 from cl_bayes.data import LabelledData
 from cl_bayes.errors import exit_on_user_error
 from cl_bayes.methods.base import logits
 from cl_bayes.run import set_flush_denormal, train_task
 from cl_bayes.scenario import Scenario
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from method_epochs import CLOCKS, compose_method, machine, prepare_process  # noqa: E402
 
 BATCH = 128
 
