@@ -9,11 +9,19 @@ import sys
 import torch
 
 from cl_bayes.config import REPO_ROOT
+from tests.methods.runs import SYNTHETIC
 
 SCRIPT = REPO_ROOT / "benchmarks" / "repeat_runs.py"
 spec = importlib.util.spec_from_file_location("repeat_runs", SCRIPT)
 repeat_runs = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(repeat_runs)
+
+
+def test_the_default_run_is_the_gpu_tests_run_of_vcl():
+    # The script's default repeats what tests/test_cuda_graphs.py compares on a GPU: the same
+    # small synthetic tasks (device and progress are the script's own), VCL, SGD.
+    shared = [o for o in SYNTHETIC if not o.startswith(("device=", "progress="))]
+    assert repeat_runs.DEFAULT_RUN == [*shared, "method=vcl", "optimizer=sgd"]
 
 
 def test_the_comparison_finds_every_differing_value_and_its_largest_gap():
