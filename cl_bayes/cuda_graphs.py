@@ -52,12 +52,10 @@ an NVIDIA H200 (``results/gpu/``):
   the learning rate, as an eager CPU run nudged by 1e-7 shows
   (``results/checks/rounding_sensitivity.py``). The tests therefore compare weights trained
   with SGD, which keeps a rounding a rounding: alone on the H200, every capturable method
-  agreed within ``rtol=1e-4, atol=1e-5`` (two passes). Beside three other jobs on the same
-  GPU, the methods that draw random numbers in their step did not: VCL, VCL + coreset,
-  coreset-only and MC dropout, in task- and class-incremental learning, were 2.8e-4 to
-  3.4e-3 apart, while every other method agreed. An earlier pass, with Adam beside two jobs,
-  saw coreset-only and MC dropout (up to 3.9e-3) disagree but VCL agree; another saw MC
-  dropout agree three times beside one job. The cause is not known.
+  agreed within ``rtol=1e-4, atol=1e-5`` (two passes). Beside other jobs on the same GPU,
+  the methods that draw random numbers in their step (VCL, coreset-only, MC dropout) have
+  not always agreed, while every other method did (``results/gpu/README.md``, passes 1 and
+  4). The cause is not known.
 - Two runs with graphs, same seed and machine: the same kernels in the same order on the
   same batches, and every replay advances the default CUDA generator by the graph's total;
   so the same results, also across a resume (each phase warms up and captures afresh,

@@ -442,9 +442,9 @@ def test_a_run_with_graphs_trains_as_eagerly_and_resumes_exactly(
     # ends 1.2e-3 away in LwF's old head with Adam and 6e-8 away with SGD
     # (results/checks/rounding_sensitivity.py); on an NVIDIA H200, LwF's task-incremental run
     # with Adam and graphs ended 1.7e-3 away from the eager one there.
-    # Run it alone on the GPU: beside three other jobs there, the methods that draw random
-    # numbers in their step (VCL, coreset-only, MC dropout) failed this comparison (2.8e-4 to
-    # 3.4e-3 apart, cause not yet known; results/gpu/README.md, pass 4).
+    # Run it alone on the GPU: beside other jobs there, the methods that draw random numbers
+    # in their step (VCL, coreset-only, MC dropout) failed this comparison, for a cause not
+    # yet known (results/gpu/README.md, pass 4).
     whole = run(config("optimizer=sgd", "train.cuda_graphs=true"), tmp_path / "whole_sgd")
     assert captures[0] == expected[scenario == "class"]
     eager = run(config("optimizer=sgd", "train.cuda_graphs=false"), tmp_path / "eager_sgd")
