@@ -247,6 +247,18 @@ class EpisodicMemory:
         positions = torch.randperm(len(self), device=self.task.device)[:k]
         return positions[torch.argsort(self.task[positions], stable=True)]
 
+    def distinct(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """The distinct entries among ``positions`` and where each position stands among them.
+
+        Returns ``(entries, where)``: ``entries`` ``(d,)`` grouped by task, as :meth:`sample`
+        gives them, and ``where`` ``(len(positions),)`` with ``entries[where] == positions``.
+        """
+        entries, inverse = positions.unique(return_inverse=True)
+        order = torch.argsort(self.task[entries], stable=True)
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(len(order), device=order.device)
+        return entries[order], rank[inverse]
+
     def batch(
         self,
         positions: Tensor,

@@ -175,6 +175,24 @@ def test_a_memory_batch_answers_each_example_with_its_own_head_and_target():
     assert torch.equal(batch.y, (batch.x.flatten() % 1000).long() % 2 + 2 * task)
 
 
+def test_distinct_gives_each_entry_once_grouped_by_task_and_where_each_position_is():
+    torch.manual_seed(0)
+    seen = [_stream(50, head=t, task_inputs=1000.0 * t) for t in range(3)]
+    memory = EpisodicMemory(30, "reservoir")
+    for t in range(3):
+        _offer(memory, t, seen[t], 10)
+    positions = torch.cat([memory.sample(20), memory.sample(20)])  # two draws: shared entries
+    entries, where = memory.distinct(positions)
+    assert len(entries) < len(positions)  # 20 + 20 of 30 entries: some are in both
+    assert sorted(entries.tolist()) == sorted(set(positions.tolist()))
+    assert torch.equal(entries[where], positions)
+    task = memory.task[entries]
+    assert torch.equal(task, task.sort().values)  # one run per task, as sample gives them
+    # A batch of the distinct entries answers each position with its own example.
+    batch = memory.batch(entries, seen, n_outputs=2)
+    torch.testing.assert_close(batch.x[where], memory.batch(positions, seen, n_outputs=2).x)
+
+
 def test_a_memory_holds_indices_never_inputs():
     torch.manual_seed(0)
     seen = [_stream(20)]

@@ -15,7 +15,8 @@ replayed whenever it holds examples (from the first task's second step on), and 
 step the batch is offered to the reservoir (:mod:`cl_bayes.memory`) with the logits of that
 step's forward pass (detached, before the update), over the outputs active then: in the task
 scenario those of the example's own head. All three batches go through the network in one
-forward pass, each example answered by its own head.
+forward pass, each example answered by its own head; an entry drawn into both memory batches
+goes through once, its scores serving both terms (the same loss and gradient on fewer rows).
 
 In the class scenario an example stored during an earlier task has logits only for the
 classes seen then; the MSE compares those outputs only (the mean over stored outputs), and
@@ -110,18 +111,20 @@ class DER(Method):
         size = self.replay_batch_size or len(batch)
         distil = self.memory.sample(size) if self.alpha else batch.y[:0]
         labelled = self.memory.sample(size) if self.beta else batch.y[:0]
-        # Both memory batches join the current one in a single forward pass.
-        positions = torch.cat([distil, labelled])
-        joined = self.memory.batch(positions, self._seen, batch.n_outputs, first=batch)
-        sizes = [len(batch), len(distil), len(labelled)]
-        scores = logits(model, joined).split(sizes)
-        value = F.cross_entropy(scores[0], batch.y)
+        # Both memory batches join the current one in a single forward pass, each entry once:
+        # two batches of 128 from a memory of 500 share 33 entries on average, of 200, 82.
+        drawn, where = self.memory.distinct(torch.cat([distil, labelled]))
+        joined = self.memory.batch(drawn, self._seen, batch.n_outputs, first=batch)
+        scores = logits(model, joined)
+        current, replayed = scores[: len(batch)], scores[len(batch) :][where]
+        value = F.cross_entropy(current, batch.y)
         if self.alpha:
             stored, n_stored = self.memory.stored_logits(distil)
-            value = value + self.alpha * masked_mse(scores[1], stored, n_stored)
+            value = value + self.alpha * masked_mse(replayed[: len(distil)], stored, n_stored)
         if self.beta:
-            value = value + self.beta * F.cross_entropy(scores[2], joined.y.split(sizes)[2])
-        return value, scores[0]
+            targets = joined.y[len(batch) :][where[len(distil) :]]
+            value = value + self.beta * F.cross_entropy(replayed[len(distil) :], targets)
+        return value, current
 
     def train_step(
         self, model: nn.Module, batch: LabelledData, optimizer: torch.optim.Optimizer

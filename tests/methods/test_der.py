@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from cl_bayes.data import LabelledData
 from cl_bayes.errors import ConfigError
 from cl_bayes.memory import EpisodicMemory
+from cl_bayes.methods.base import logits
 from cl_bayes.methods.der import DER, masked_mse
 from cl_bayes.models.mlp import MLP
 from tests.methods.runs import (
@@ -94,6 +95,47 @@ def test_the_memory_terms_vanish_when_the_model_reproduces_the_stored_logits(bet
     # Stored logits one above the model's: the alpha term is alpha * 1.
     method.memory.logits += 1.0
     torch.testing.assert_close(method.loss(model, batch), expected + 0.3)
+
+
+@pytest.mark.parametrize("scenario", ["task", "class"])
+def test_an_entry_in_both_memory_batches_is_forwarded_once_with_the_same_loss_and_gradient(
+    scenario,
+):
+    torch.manual_seed(0)
+    seen = _tasks(2, scenario=scenario)
+    model = MLP(6, [8], [2, 2] if scenario == "task" else [4])
+    method = DER(memory_size=30, replay_batch_size=20, alpha=0.3, beta=0.7)
+    data = method.training_data(0, seen[:1])
+    for index in torch.arange(40).split(10):
+        method.train_step(model, data.subset(index), torch.optim.SGD(model.parameters(), lr=0.1))
+    batch = method.training_data(1, seen).subset(torch.arange(8))
+    # The reference: the current batch and each memory batch through the network on its own.
+    state = torch.get_rng_state()
+    distil, labelled = method.memory.sample(20), method.memory.sample(20)
+    shared = len(set(distil.tolist()) & set(labelled.tolist()))
+    assert shared > 0  # 20 + 20 of 30 entries
+    stored, n_stored = method.memory.stored_logits(distil)
+    replay_distil = method.memory.batch(distil, seen, batch.n_outputs)
+    replay_labelled = method.memory.batch(labelled, seen, batch.n_outputs)
+    expected = (
+        _ce(model, batch)
+        + 0.3 * masked_mse(logits(model, replay_distil), stored, n_stored)
+        + 0.7 * _ce(model, replay_labelled)
+    )
+    expected_grads = torch.autograd.grad(expected, list(model.parameters()), allow_unused=True)
+    rows = []
+    hook = model.body.register_forward_hook(lambda module, inputs, out: rows.append(len(out)))
+    torch.set_rng_state(state)  # the same two memory batches
+    value = method.loss(model, batch)
+    hook.remove()
+    assert rows == [8 + 40 - shared]
+    torch.testing.assert_close(value, expected)
+    grads = torch.autograd.grad(value, list(model.parameters()), allow_unused=True)
+    for got, want in zip(grads, expected_grads, strict=True):
+        if want is None:
+            assert got is None or not got.any()
+        else:
+            torch.testing.assert_close(got, want)
 
 
 def test_class_scenario_compares_only_the_outputs_stored():
