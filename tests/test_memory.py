@@ -22,6 +22,19 @@ def _offer(memory, task_id, data, batch_size):
         memory.add(task_id, index, data.subset(index))
 
 
+def _three_tasks_in_memory():
+    """Three task-incremental tasks of 50, offered in batches of 10 to a reservoir of 30.
+
+    Task t's head is t; inputs encode (task, index) as 1000 t + index.
+    """
+    torch.manual_seed(0)
+    seen = [_stream(50, head=t, task_inputs=1000.0 * t) for t in range(3)]
+    memory = EpisodicMemory(30, "reservoir")
+    for t in range(3):
+        _offer(memory, t, seen[t], 10)
+    return seen, memory
+
+
 def test_reservoir_memory_is_bounded_and_holds_distinct_seen_examples():
     torch.manual_seed(0)
     memory = EpisodicMemory(100, "reservoir")
@@ -141,12 +154,7 @@ def test_task_scenario_classes_are_per_head():
 
 
 def test_a_memory_batch_answers_each_example_with_its_own_head_and_target():
-    torch.manual_seed(0)
-    # Task-incremental: task t's head is t; inputs encode (task, index) as 1000 t + index.
-    seen = [_stream(50, head=t, task_inputs=1000.0 * t) for t in range(3)]
-    memory = EpisodicMemory(30, "reservoir")
-    for t in range(3):
-        _offer(memory, t, seen[t], 10)
+    seen, memory = _three_tasks_in_memory()
     batch = memory.batch(memory.sample(30), seen, n_outputs=2)
     task, index = (
         batch.x.flatten().div(1000, rounding_mode="floor").long(),
@@ -176,11 +184,7 @@ def test_a_memory_batch_answers_each_example_with_its_own_head_and_target():
 
 
 def test_distinct_gives_each_entry_once_grouped_by_task_and_where_each_position_is():
-    torch.manual_seed(0)
-    seen = [_stream(50, head=t, task_inputs=1000.0 * t) for t in range(3)]
-    memory = EpisodicMemory(30, "reservoir")
-    for t in range(3):
-        _offer(memory, t, seen[t], 10)
+    seen, memory = _three_tasks_in_memory()
     positions = torch.cat([memory.sample(20), memory.sample(20)])  # two draws: shared entries
     entries, where = memory.distinct(positions)
     assert len(entries) < len(positions)  # 20 + 20 of 30 entries: some are in both
