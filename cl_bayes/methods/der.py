@@ -16,7 +16,8 @@ step the batch is offered to the reservoir (:mod:`cl_bayes.memory`) with the log
 step's forward pass (detached, before the update), over the outputs active then: in the task
 scenario those of the example's own head. All three batches go through the network in one
 forward pass, each example answered by its own head; an entry drawn into both memory batches
-goes through once, its scores serving both terms (the same loss and gradient on fewer rows).
+goes through once, its scores serving both terms (the same loss and gradient on fewer rows;
+with dropout in the network, such an entry gets one dropout mask where it used to get two).
 
 In the class scenario an example stored during an earlier task has logits only for the
 classes seen then; the MSE compares those outputs only (the mean over stored outputs), and

@@ -102,13 +102,16 @@ def test_an_entry_in_both_memory_batches_is_forwarded_once_with_the_same_loss_an
     scenario,
 ):
     torch.manual_seed(0)
-    seen = _tasks(2, scenario=scenario)
-    model = MLP(6, [8], [2, 2] if scenario == "task" else [4])
+    seen = _tasks(3, scenario=scenario)
+    model = MLP(6, [8], [2, 2, 2] if scenario == "task" else [6])
     method = DER(memory_size=30, replay_batch_size=20, alpha=0.3, beta=0.7)
-    data = method.training_data(0, seen[:1])
-    for index in torch.arange(40).split(10):
-        method.train_step(model, data.subset(index), torch.optim.SGD(model.parameters(), lr=0.1))
-    batch = method.training_data(1, seen).subset(torch.arange(8))
+    for t in range(2):  # the memory holds examples of two tasks, stored in turn
+        data = method.training_data(t, seen[: t + 1])
+        for index in torch.arange(40).split(10):
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+            method.train_step(model, data.subset(index), optimizer)
+    assert set(method.memory.task.tolist()) == {0, 1}
+    batch = method.training_data(2, seen).subset(torch.arange(8))
     # The reference: the current batch and each memory batch through the network on its own.
     state = torch.get_rng_state()
     distil, labelled = method.memory.sample(20), method.memory.sample(20)
