@@ -114,7 +114,11 @@ class DER(Method):
         labelled = self.memory.sample(size) if self.beta else batch.y[:0]
         # Both memory batches join the current one in a single forward pass, each entry once:
         # two batches of 128 from a memory of 500 share 33 entries on average, of 200, 82.
-        drawn, where = self.memory.distinct(torch.cat([distil, labelled]))
+        positions = torch.cat([distil, labelled])
+        if self.alpha and self.beta:
+            drawn, where = self.memory.distinct(positions)
+        else:  # one memory batch (DER, or beta only): its entries are distinct already
+            drawn, where = positions, torch.arange(len(positions), device=positions.device)
         joined = self.memory.batch(drawn, self._seen, batch.n_outputs, first=batch)
         scores = logits(model, joined)
         current, replayed = scores[: len(batch)], scores[len(batch) :][where]
