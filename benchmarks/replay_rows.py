@@ -11,6 +11,10 @@ turns, ``--steps`` of each per turn:
 - ``finetune``: forward, cross-entropy, backward and Adam on 128 rows of task 2;
 - ``384 rows``: the same on three such batches joined (all on task 2's head): the arithmetic
   any step over three 128-row batches does, with none of a replay method's bookkeeping;
+- ``DER++ rows``: the same plain step on as many rows as DER++ forwards on average: the batch
+  and the distinct entries of its two memory batches of ``r``, ``128 + 2r - r^2 / m`` with a
+  memory of ``m`` entries (two independent draws of ``r`` distinct entries share ``r^2 / m``
+  on average), rounded; 351 with ``r = 128``, ``m = 500``;
 - ``DER++``: ``DER.train_step`` with ``conf/method/der.yaml``'s settings; an entry drawn into
   both memory batches goes through the network once, so it forwards fewer than 384 rows (the
   script prints how many, on average).
@@ -19,7 +23,10 @@ Each has its own copy of the network and its own Adam; every turn's batches (and
 384-row ones) are built before the timing starts. CPU only. The table gives the median over
 ``--repeats`` turns (after one warm-up turn) of each step's time and its ratio to the
 finetune step of the same turn. ``384 rows`` against ``finetune`` is what three batches of
-128 distinct rows cost on the machine; ``method_epochs.py``'s target for DER++'s epoch is 2.2x.
+128 distinct rows cost on the machine, ``DER++ rows`` what DER++'s rows cost with none of its
+bookkeeping (drawing and gathering the memory batches, routing rows to their heads, the logit
+term, storing the batch): ``DER++`` less ``DER++ rows`` is that bookkeeping.
+``method_epochs.py``'s target for DER++'s epoch is 2.2x.
 
     CL_BAYES_DATA=<data root> python benchmarks/replay_rows.py [--steps 50] [--repeats 7]
         [--threads 1] [--clock cpu]
@@ -86,6 +93,9 @@ def main() -> None:
             train_task(cfg, der, model, data, t, 2)
             der.after_task(model, t, data)
 
+    replay = min(der.replay_batch_size or BATCH, len(der.memory))
+    der_rows = round(BATCH + 2 * replay - replay * replay / len(der.memory))
+
     def batches() -> tuple[list[LabelledData], list[LabelledData]]:
         """A turn's batches of 128, and of 384 (three of them joined), built before timing."""
         n_rows = args.steps * 3 * BATCH  # more than one epoch: permutations one after another
@@ -94,10 +104,13 @@ def main() -> None:
         joined = [LabelledData.concat(single[i : i + 3]) for i in range(0, len(single), 3)]
         return single[: args.steps], joined
 
+    first_rows = torch.arange(der_rows)
+
     def optimizer_for(network: torch.nn.Module) -> torch.optim.Optimizer:
         return instantiate(cfg.optimizer)(network.parameters())
 
-    networks = {name: copy.deepcopy(model) for name in ("finetune", "384 rows", "DER++")}
+    names = ("finetune", "384 rows", "DER++ rows", "DER++")
+    networks = {name: copy.deepcopy(model) for name in names}
     optimizers = {name: optimizer_for(network) for name, network in networks.items()}
 
     def run_finetune(single: list[LabelledData], joined: list[LabelledData]) -> None:
@@ -108,18 +121,30 @@ def main() -> None:
         for batch in joined:
             plain_step(networks["384 rows"], optimizers["384 rows"], batch)
 
+    def run_der_rows(single: list[LabelledData], joined: list[LabelledData]) -> None:
+        for batch in joined:
+            plain_step(networks["DER++ rows"], optimizers["DER++ rows"], batch)
+
     def run_der(single: list[LabelledData], joined: list[LabelledData]) -> None:
         for batch in single:
             der.train_step(networks["DER++"], batch, optimizers["DER++"])
 
-    steps = {"finetune": run_finetune, "384 rows": run_joined, "DER++": run_der}
+    steps = {
+        "finetune": run_finetune,
+        "384 rows": run_joined,
+        "DER++ rows": run_der_rows,
+        "DER++": run_der,
+    }
     times: dict[str, list[float]] = {name: [] for name in steps}
     for turn in range(args.repeats + 1):
         print(f"turn {turn + 1}/{args.repeats + 1}", end="\r", file=sys.stderr, flush=True)
         single, joined = batches()
+        shorter = [batch.subset(first_rows) for batch in joined]
+        inputs = {"DER++ rows": (single, shorter)}
         for name, run in steps.items():
+            turn_batches = inputs.get(name, (single, joined))
             started = clock()
-            run(single, joined)
+            run(*turn_batches)
             if turn:  # the first turn warms up
                 times[name].append((clock() - started) / args.steps)
 
@@ -147,7 +172,13 @@ def main() -> None:
         )
     print(
         f"DER++ forwarded {statistics.mean(rows):.1f} rows a step on average (the batch and the "
-        f"distinct entries of its two memory batches of {der.replay_batch_size})"
+        f"distinct entries of its two memory batches of {der.replay_batch_size}); "
+        f"'DER++ rows' is a plain step on {der_rows}"
+    )
+    bookkeeping = [d - r for d, r in zip(times["DER++"], times["DER++ rows"], strict=True)]
+    print(
+        f"DER++ less 'DER++ rows' (its bookkeeping): {1e3 * statistics.median(bookkeeping):.2f} "
+        f"ms a step (median over the turns)"
     )
 
 
