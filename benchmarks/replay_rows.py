@@ -5,7 +5,7 @@ finetune trains on 128. This script separates what those rows cost from what DER
 them (drawing and gathering the memory batches, routing rows to their heads, the logit
 term, storing the batch), on the network and data of ``method_epochs.py``: a 784-256-256 MLP
 with a 2-unit head per task, Split-MNIST task 2 after one epoch of DER++ on task 1 (its
-memory full), batch 128, Adam lr 1e-3, subnormal floats flushed as in a run. Three steps take
+memory full), batch 128, Adam lr 1e-3, subnormal floats flushed as in a run. Four steps take
 turns, ``--steps`` of each per turn:
 
 - ``finetune``: forward, cross-entropy, backward and Adam on 128 rows of task 2;
