@@ -141,6 +141,27 @@ def test_an_entry_in_both_memory_batches_is_forwarded_once_with_the_same_loss_an
             torch.testing.assert_close(got, want)
 
 
+def test_beta_only_replays_one_memory_batch_answered_by_its_own_heads():
+    torch.manual_seed(0)
+    seen = _tasks(2)
+    model = MLP(6, [8], [2, 2])
+    method = DER(memory_size=30, replay_batch_size=20, alpha=0.0, beta=0.7)
+    data = method.training_data(0, seen[:1])
+    for index in torch.arange(40).split(10):
+        method.train_step(model, data.subset(index), torch.optim.SGD(model.parameters(), lr=0.1))
+    batch = method.training_data(1, seen).subset(torch.arange(8))
+    state = torch.get_rng_state()
+    labelled = method.memory.batch(method.memory.sample(20), seen, batch.n_outputs)
+    expected = _ce(model, batch) + 0.7 * _ce(model, labelled)
+    rows = []
+    hook = model.body.register_forward_hook(lambda module, inputs, out: rows.append(len(out)))
+    torch.set_rng_state(state)  # the same memory batch
+    value = method.loss(model, batch)
+    hook.remove()
+    assert rows == [8 + 20]  # no logit batch drawn
+    torch.testing.assert_close(value, expected)
+
+
 def test_class_scenario_compares_only_the_outputs_stored():
     torch.manual_seed(0)
     seen = _tasks(2, scenario="class")
