@@ -269,6 +269,17 @@ def table(methods: list[Measured], skipped: dict[str, str], device: torch.device
     return "\n".join(lines)
 
 
+def at_least_one(text: str) -> int:
+    """``argparse`` type: a whole number >= 1 (turns, steps), else one line saying so."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"needs a whole number >= 1, got {text!r}")
+    return value
+
+
 def prepare_process(threads: int | None) -> str:
     """Set torch's CPU threads (``None``: torch's own), the allocator and the task registry as
     a run sets them; return the data root (``CL_BAYES_DATA``, else ``data/`` in the repository)."""
@@ -281,7 +292,7 @@ def prepare_process(threads: int | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=at_least_one, default=5)
     parser.add_argument("--device", default="auto")
     parser.add_argument(
         "--scenario",

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 
 # Run as a script, its own folder is on the import path: method_epochs.py beside it.
-from method_epochs import CLOCKS, compose_method, machine, prepare_process
+from method_epochs import CLOCKS, at_least_one, compose_method, machine, prepare_process
 
 from cl_bayes.config import instantiate
 from cl_bayes.data import LabelledData
@@ -68,8 +68,10 @@ def plain_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=50, help="steps of each kind per turn")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument(
+        "--steps", type=at_least_one, default=50, help="steps of each kind per turn"
+    )
+    parser.add_argument("--repeats", type=at_least_one, default=7)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu")
     args = parser.parse_args()
@@ -96,55 +98,39 @@ def main() -> None:
     replay = min(der.replay_batch_size or BATCH, len(der.memory))
     der_rows = round(BATCH + 2 * replay - replay * replay / len(der.memory))
 
-    def batches() -> tuple[list[LabelledData], list[LabelledData]]:
-        """A turn's batches of 128, and of 384 (three of them joined), built before timing."""
+    def batches() -> dict[str, list[LabelledData]]:
+        """A turn's batches, built before timing: of 128 rows (``single``), of 384 (three of
+        them joined) and of DER++'s ``der_rows`` (the first rows of each joined one)."""
         n_rows = args.steps * 3 * BATCH  # more than one epoch: permutations one after another
         order = torch.cat([torch.randperm(len(data)) for _ in range(n_rows // len(data) + 1)])
         single = [data.subset(rows) for rows in order[:n_rows].split(BATCH)]
         joined = [LabelledData.concat(single[i : i + 3]) for i in range(0, len(single), 3)]
-        return single[: args.steps], joined
+        first_rows = torch.arange(der_rows)
+        shorter = [batch.subset(first_rows) for batch in joined]
+        return {"single": single[: args.steps], "joined": joined, "shorter": shorter}
 
-    first_rows = torch.arange(der_rows)
-
-    def optimizer_for(network: torch.nn.Module) -> torch.optim.Optimizer:
-        return instantiate(cfg.optimizer)(network.parameters())
-
-    names = ("finetune", "384 rows", "DER++ rows", "DER++")
-    networks = {name: copy.deepcopy(model) for name in names}
-    optimizers = {name: optimizer_for(network) for name, network in networks.items()}
-
-    def run_finetune(single: list[LabelledData], joined: list[LabelledData]) -> None:
-        for batch in single:
-            plain_step(networks["finetune"], optimizers["finetune"], batch)
-
-    def run_joined(single: list[LabelledData], joined: list[LabelledData]) -> None:
-        for batch in joined:
-            plain_step(networks["384 rows"], optimizers["384 rows"], batch)
-
-    def run_der_rows(single: list[LabelledData], joined: list[LabelledData]) -> None:
-        for batch in joined:
-            plain_step(networks["DER++ rows"], optimizers["DER++ rows"], batch)
-
-    def run_der(single: list[LabelledData], joined: list[LabelledData]) -> None:
-        for batch in single:
-            der.train_step(networks["DER++"], batch, optimizers["DER++"])
-
-    steps = {
-        "finetune": run_finetune,
-        "384 rows": run_joined,
-        "DER++ rows": run_der_rows,
-        "DER++": run_der,
+    # Each step's batches: the plain steps train on theirs; DER++ on the 128-row ones.
+    steps = {"finetune": "single", "384 rows": "joined", "DER++ rows": "shorter", "DER++": "single"}
+    networks = {name: copy.deepcopy(model) for name in steps}
+    optimizers = {
+        name: instantiate(cfg.optimizer)(network.parameters()) for name, network in networks.items()
     }
+
+    def run(name: str, turn_batches: dict[str, list[LabelledData]]) -> None:
+        network, optimizer = networks[name], optimizers[name]
+        for batch in turn_batches[steps[name]]:
+            if name == "DER++":
+                der.train_step(network, batch, optimizer)
+            else:
+                plain_step(network, optimizer, batch)
+
     times: dict[str, list[float]] = {name: [] for name in steps}
     for turn in range(args.repeats + 1):
         print(f"turn {turn + 1}/{args.repeats + 1}", end="\r", file=sys.stderr, flush=True)
-        single, joined = batches()
-        shorter = [batch.subset(first_rows) for batch in joined]
-        inputs = {"DER++ rows": (single, shorter)}
-        for name, run in steps.items():
-            turn_batches = inputs.get(name, (single, joined))
+        turn_batches = batches()
+        for name in steps:
             started = clock()
-            run(*turn_batches)
+            run(name, turn_batches)
             if turn:  # the first turn warms up
                 times[name].append((clock() - started) / args.steps)
 
@@ -152,7 +138,7 @@ def main() -> None:
     rows: list[int] = []
     body = networks["DER++"].body
     counting = body.register_forward_hook(lambda module, inputs, out: rows.append(len(out)))
-    run_der(*batches())
+    run("DER++", batches())
     counting.remove()
 
     command = shlex.join([Path(sys.executable).name, *sys.argv])
